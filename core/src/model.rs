@@ -1,0 +1,189 @@
+//! The objects berth manages: pod sandboxes, containers, images, and their ids and states.
+//!
+//! These are berth's own records, kept in the metadata store; the CRI layer translates to and from them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// A new random 64-hex-digit id, as containerd and CRI-O hand out for pods and containers.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// `sha256:<hex>` of the given bytes.
+pub fn sha256_digest(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// The chain id of a layer stack (OCI image spec): `chain(L0) = diff(L0)`,
+/// `chain(L0..n) = sha256(chain(L0..n-1) + " " + diff(Ln))`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChainId(pub String);
+
+impl ChainId {
+    pub fn from_diff_ids<S: AsRef<str>>(diff_ids: &[S]) -> Vec<ChainId> {
+        let mut out: Vec<ChainId> = Vec::with_capacity(diff_ids.len());
+        for diff in diff_ids {
+            let next = match out.last() {
+                None => diff.as_ref().to_string(),
+                Some(parent) => sha256_digest(format!("{} {}", parent.0, diff.as_ref()).as_bytes()),
+            };
+            out.push(ChainId(next));
+        }
+        out
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The hex part, usable as a file name.
+    pub fn hex(&self) -> &str {
+        self.0.split_once(':').map_or(self.0.as_str(), |(_, h)| h)
+    }
+}
+
+impl fmt::Display for ChainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// kubelet's pod identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodMetadata {
+    pub name: String,
+    pub uid: String,
+    pub namespace: String,
+    pub attempt: u32,
+}
+
+impl PodMetadata {
+    /// The reserved name: `name_namespace_uid_attempt`, as kubelet and containerd build it.
+    pub fn reserved_name(&self) -> String {
+        format!("{}_{}_{}_{}", self.name, self.namespace, self.uid, self.attempt)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodState {
+    Ready,
+    NotReady,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+/// A pod sandbox as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSandbox {
+    pub id: String,
+    pub metadata: PodMetadata,
+    pub state: PodState,
+    /// Unix nanoseconds.
+    pub created_at: i64,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub runtime_handler: String,
+    /// The CRI request as received, encoded by the CRI layer (core does not interpret it).
+    #[serde(default)]
+    pub config: Vec<u8>,
+    /// Facts the lifecycle recorded (netns path, IPs, cgroup, …), by name.
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
+}
+
+/// A container as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    pub pod_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub state: ContainerState,
+    pub image_ref: String,
+    pub image_id: String,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub log_path: String,
+    #[serde(default)]
+    pub config: Vec<u8>,
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
+}
+
+/// An image as the store keeps it; its id is the digest of its config blob.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub id: String,
+    /// `docker.io/library/busybox:latest`
+    pub repo_tags: Vec<String>,
+    /// `docker.io/library/busybox@sha256:…`
+    pub repo_digests: Vec<String>,
+    pub size: u64,
+    /// Chain ids of the layers, bottom first.
+    pub chain_ids: Vec<ChainId>,
+    /// Digests of the blobs this image holds (manifest, config, layers) for garbage collection.
+    pub blobs: Vec<String>,
+    /// The image config JSON (OCI image config).
+    pub config: Vec<u8>,
+    pub pinned: bool,
+}
+
+/// Unix nanoseconds now.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let diffs = ["sha256:aaa", "sha256:bbb"];
+        let chain = ChainId::from_diff_ids(&diffs);
+        assert_eq!(chain[0].0, "sha256:aaa");
+        assert_eq!(chain[1], ChainId(sha256_digest(b"sha256:aaa sha256:bbb")));
+        assert_eq!(chain[1].hex().len(), 64);
+    }
+
+    #[test]
+    fn reserved_name_is_kubelets() {
+        let m = PodMetadata {
+            name: "web".into(),
+            uid: "u1".into(),
+            namespace: "default".into(),
+            attempt: 2,
+        };
+        assert_eq!(m.reserved_name(), "web_default_u1_2");
+    }
+
+    #[test]
+    fn ids_are_unique_hex() {
+        let a = new_id();
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, new_id());
+    }
+}

@@ -1,0 +1,123 @@
+//! Snapshotter: turns image layers into directories and hands out mount specs for container root filesystems.
+//!
+//! Vocabulary (after containerd's snapshot model):
+//! - a **committed layer** is an unpacked image layer, immutable, keyed by its [`ChainId`];
+//! - an **active snapshot** is a writable snapshot (a container's rootfs) keyed by a caller-chosen key,
+//!   on top of a committed parent chain;
+//! - a **view** is a read-only snapshot of a committed chain.
+//!
+//! A snapshotter never mounts anything for the caller: it returns [`Mount`] specs, and whoever needs the
+//! filesystem mounts them (the isolation plugin does so inside the container's own mount namespace).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{PluginResult, Readiness};
+use crate::model::ChainId;
+
+/// One mount to perform, in the form of mount(2) arguments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Filesystem type: `overlay`, `bind`, …
+    pub fstype: String,
+    pub source: String,
+    /// Mount options as given to mount(8): `ro`, `rbind`, `lowerdir=…`, …
+    pub options: Vec<String>,
+    /// When set, paths in `options` are relative to this directory: the mounter must chdir there first.
+    /// This keeps an overlay option string under a page for images with 100+ layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chdir: Option<PathBuf>,
+}
+
+/// Space used by one snapshot (or by the whole store).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    Committed,
+    Active,
+    View,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// The chain id for committed layers, the caller's key otherwise.
+    pub key: String,
+    pub parent: Option<ChainId>,
+    pub kind: SnapshotKind,
+}
+
+/// Bounds on what one layer may write, so a decompression bomb cannot fill the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpackLimits {
+    pub max_bytes: u64,
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        UnpackLimits {
+            max_bytes: 64 << 30,
+            max_entries: 4_000_000,
+        }
+    }
+}
+
+/// Where the snapshot store lives, for ImageFsInfo.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsInfo {
+    pub mountpoint: PathBuf,
+    pub used: Usage,
+}
+
+#[async_trait]
+pub trait Snapshotter: Send + Sync + 'static {
+    /// Whether the snapshotter can work on this host (e.g. overlayfs available).
+    async fn readiness(&self) -> Readiness {
+        Readiness::ready()
+    }
+
+    /// True when the committed layer `chain` exists.
+    async fn has_layer(&self, chain: &ChainId) -> PluginResult<bool>;
+
+    /// Unpacks an uncompressed tar stream as the committed layer `chain` on top of `parent`.
+    /// Runs the (blocking) read on a blocking thread. Idempotent: an existing layer is kept as it is.
+    /// No entry may create or change anything outside the layer's own directory.
+    async fn apply_layer(
+        &self,
+        chain: &ChainId,
+        parent: Option<&ChainId>,
+        tar: Box<dyn Read + Send>,
+        limits: UnpackLimits,
+    ) -> PluginResult<Usage>;
+
+    /// Creates the writable snapshot `key` over the committed chain `parent` and returns how to mount it.
+    async fn prepare(&self, key: &str, parent: Option<&ChainId>) -> PluginResult<Vec<Mount>>;
+
+    /// Creates a read-only view `key` of the committed chain `parent`.
+    async fn view(&self, key: &str, parent: &ChainId) -> PluginResult<Vec<Mount>>;
+
+    /// The mounts of an existing active snapshot or view.
+    async fn mounts(&self, key: &str) -> PluginResult<Vec<Mount>>;
+
+    /// Removes an active snapshot, a view, or a committed layer (given as its chain id string) that no other
+    /// snapshot uses as parent. Removing a missing key is not an error.
+    async fn remove(&self, key: &str) -> PluginResult<()>;
+
+    /// Bytes and inodes used by the snapshot's own (upper) directory, or by a committed layer.
+    async fn usage(&self, key: &str) -> PluginResult<Usage>;
+
+    /// Every snapshot and layer the snapshotter holds.
+    async fn walk(&self) -> PluginResult<Vec<SnapshotInfo>>;
+
+    /// The store's location and total use.
+    async fn fs_info(&self) -> PluginResult<FsInfo>;
+}

@@ -1,0 +1,1 @@
+//! The cgroupfs resources plugin: cgroup v1 and v2 managers, stats and OOM events.

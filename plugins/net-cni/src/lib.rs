@@ -1,0 +1,1 @@
+//! The CNI network plugin: runs standard CNI plugin binaries from a conflist.

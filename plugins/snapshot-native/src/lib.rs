@@ -1,0 +1,1 @@
+//! The native snapshotter: plain directory copies, for filesystems without overlay.
