@@ -265,3 +265,134 @@ impl Registry {
         &self.failures
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn ctx(config: Config) -> (InitContext, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("meta.redb")).unwrap();
+        let ctx = InitContext {
+            config: Arc::new(config),
+            store,
+            events: EventBus::default(),
+        };
+        (ctx, dir)
+    }
+
+    /// A registry of factories that fail with a message naming themselves, and count their calls: enough to see
+    /// which one `build` picked without real plugins.
+    fn registry(calls: &'static AtomicUsize) -> Registry {
+        let mut r = Registry::new();
+        for name in ["overlayfs", "native"] {
+            r.register_snapshotter(name, move |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(PluginError::Internal(format!("snapshotter {name}")))
+            })
+            .unwrap();
+        }
+        for name in ["cgroupfs", "other"] {
+            r.register_resources(name, move |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(PluginError::Internal(format!("resources {name}")))
+            })
+            .unwrap();
+        }
+        r.register_network("bridge", |_| Err(PluginError::Internal("network bridge".into())))
+            .unwrap();
+        r.register_isolation("linux", |_| Err(PluginError::Internal("isolation linux".into())))
+            .unwrap();
+        r
+    }
+
+    #[test]
+    fn the_configured_name_is_the_one_started() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let r = registry(&CALLS);
+        let mut config = Config::default();
+        config.plugins.resources = "other".into();
+        let (ctx, _dir) = ctx(config);
+        let err = r.build(&ctx).err().unwrap();
+        match err {
+            RegistryError::Init { kind, name, source } => {
+                assert_eq!((kind, name.as_str()), (PluginKind::Resources, "other"));
+                assert_eq!(source.to_string(), "resources other");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_lists_the_available_ones_before_anything_starts() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let r = registry(&CALLS);
+        let mut config = Config::default();
+        config.plugins.isolation = "kata".into();
+        let (ctx, _dir) = ctx(config);
+        let err = r.build(&ctx).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "unknown isolation plugin \"kata\" (config plugins.isolation); available: linux"
+        );
+        assert_eq!(
+            CALLS.load(Ordering::SeqCst),
+            0,
+            "no plugin may start when a name is unknown"
+        );
+        assert_eq!(r.available(PluginKind::Snapshotter), ["native", "overlayfs"]);
+    }
+
+    #[test]
+    fn a_name_is_registered_once_per_kind() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let mut r = registry(&CALLS);
+        let err = r
+            .register_network("bridge", |_| Err(PluginError::Internal(String::new())))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                RegistryError::Duplicate {
+                    kind: PluginKind::Network,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The same name under another kind is fine.
+        r.register_network("overlayfs", |_| Err(PluginError::Internal(String::new())))
+            .unwrap();
+    }
+
+    #[test]
+    fn failed_dynamic_loads_are_named_when_their_plugin_is_selected() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let mut r = registry(&CALLS);
+        assert!(r.load_dynamic(std::path::Path::new("/nonexistent/libnet.so")).is_err());
+        assert_eq!(r.load_failures().len(), 1);
+        let mut config = Config::default();
+        config.plugins.network = "calico".into();
+        let (ctx, _dir) = ctx(config);
+        let err = r.build(&ctx).err().unwrap().to_string();
+        assert!(err.contains("unknown network plugin \"calico\""), "{err}");
+        assert!(err.contains("/nonexistent/libnet.so: no such file"), "{err}");
+    }
+
+    #[test]
+    fn the_inventory_marks_the_selected_plugins() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let r = registry(&CALLS);
+        let inv = r.inventory(&Config::default());
+        let selected: Vec<(PluginKind, &str)> = inv
+            .iter()
+            .filter(|p| p.selected)
+            .map(|p| (p.kind, p.name.as_str()))
+            .collect();
+        assert_eq!(selected.len(), 4);
+        assert!(selected.contains(&(PluginKind::Snapshotter, "overlayfs")));
+        assert!(inv.iter().all(|p| p.source == "builtin"));
+    }
+}

@@ -62,7 +62,19 @@ pub trait Network: Send + Sync + 'static {
     /// Undoes `setup`; idempotent, and complete also after a half-done setup.
     async fn teardown(&self, pod: &PodNetwork) -> PluginResult<()>;
 
-    /// From `UpdateRuntimeConfig`.
+    /// What the plugin holds for a pod (its addresses), e.g. for `PodSandboxStatus` after a daemon restart;
+    /// `None` when it holds nothing. Reads only: no side effects.
+    async fn pod_status(&self, _pod: &PodNetwork) -> PluginResult<Option<PodNetworkStatus>> {
+        Ok(None)
+    }
+
+    /// Verifies that a set-up pod's network is still as `setup` left it (CNI `CHECK`); an error says what
+    /// is wrong. Plugins that cannot tell return `Ok`.
+    async fn check(&self, _pod: &PodNetwork) -> PluginResult<()> {
+        Ok(())
+    }
+
+    /// From `UpdateRuntimeConfig`: the node's pod CIDR as the kubelet knows it.
     async fn update_pod_cidr(&self, _cidr: &str) -> PluginResult<()> {
         Ok(())
     }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Everything CI runs (.ci/run calls this): dependencies, lint, build, the critest subset, every cargo test.
+# Run as root on a Debian 12 machine: the tests make real namespaces, mounts, cgroups and links.
+set -euo pipefail
+shopt -s inherit_errexit
+
+HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HACK")
+cd "$REPO"
+step() { printf '\n=== %s\n' "$*"; }
+
+step "dependencies"
+"$HACK/install-deps.sh"
+
+step "format and lint"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+shellcheck -x hack/*.sh .ci/run
+
+step "build"
+cargo build --workspace --all-targets --quiet
+
+step "critest: the specs that must keep passing (hack/critest-expected-pass.txt)"
+BERTH_SKIP_DEPS=1 "$HACK/critest.sh" --ci
+
+step "cargo test"
+cargo test --workspace --no-fail-fast
