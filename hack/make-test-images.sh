@@ -6,9 +6,11 @@
 #   gcr.io/k8s-staging-cri-tools/test-image-1      -> 127.0.0.1:5000/k8s-staging-cri-tools/test-image-1:latest
 # berth's own fixtures live under 127.0.0.1:5000/berth-test/.
 # hack/test-images.txt lists every reference provided (regenerate: --list).
+# The OCI layouts stay in $BERTH_TEST_IMAGES_WORKDIR/oci-<set> (ref names: the
+# local reference with / and : replaced by _, e.g. oci:…/oci-base:pause_3.9).
 #
 # Reproducible: fixed mtimes (epoch 0), numeric owners, name-sorted tar entries,
-# gzip -n, no timestamps in JSON; re-runs give identical digests. Inputs are
+# gzip -n, fixed timestamps in JSON; re-runs give identical digests. Inputs are
 # Debian's busybox and nginx packages (.deb files fetched once into a cache, never
 # installed), host binaries (ipcs, pgrep and their libraries, per ldd) and static
 # C programs built with gcc. Re-runs are fast: when the registry still serves
@@ -27,8 +29,10 @@
 #   LOCAL_REGISTRY_DIR           registry storage, also holds the stamp (default /var/lib/berth-test-registry)
 #   BERTH_TEST_IMAGES_WORKDIR    build area and OCI layouts (default /var/cache/berth-test-images)
 #   BERTH_DEB_CACHE              cache of downloaded .deb files (default $BERTH_TEST_IMAGES_WORKDIR/debs)
+#   BERTH_PUSH_JOBS              parallel skopeo pushes (default 4)
 #   BIG=1                        same as --big
 set -euo pipefail
+shopt -s inherit_errexit
 umask 022
 export LC_ALL=C TZ=UTC
 
@@ -42,6 +46,7 @@ STAMP_DIR=$REGISTRY_DIR/berth-test-images
 BIG=${BIG:-0}
 FORCE=0
 PUSH=1
+PUSH_JOBS=${BERTH_PUSH_JOBS:-4}
 ARCH=amd64 # the only platform the runnable images are built for
 DEBS=(busybox nginx nginx-common)
 PATH_ENV='PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -229,15 +234,16 @@ tar_dir() {
 }
 
 # Layer blob from a staged directory; prints "mediaType digest size diffID".
-# Cached by name + compression, so a layer shared by many images is built once.
-declare -A LAYER_CACHE
+# Cached on disk by name + compression (recipes run in subshells), so a layer
+# shared by many images is built once per run.
 layer() {
-	local name=$1 dir=$2 comp=${3:-gzip} key tar diffid out mt
-	key=$name/$comp
-	if [[ -n ${LAYER_CACHE[$key]:-} ]]; then
-		echo "${LAYER_CACHE[$key]}"
+	local name=$1 dir=$2 comp=${3:-gzip} cache tar diffid out mt
+	cache=$WORK/tmp/layers/$name@$comp
+	if [[ -s $cache ]]; then
+		cat "$cache"
 		return
 	fi
+	[[ -d $dir ]] || die "layer $name: no directory $dir"
 	tar=$(mktemp "$WORK/tmp/layer.XXXXXX")
 	tar_dir "$dir" "$tar"
 	diffid=sha256:$(sha256_of "$tar")
@@ -257,8 +263,8 @@ layer() {
 	none) out=$tar mt=$MT_LAYER ;;
 	*) die "unknown compression $comp" ;;
 	esac
-	LAYER_CACHE[$key]="$mt $(blob_put "$out") $diffid"
-	echo "${LAYER_CACHE[$key]}"
+	mkdir -p "${cache%/*}"
+	echo "$mt $(blob_put "$out") $diffid" | tee "$cache"
 }
 
 # Image config blob. $1: architecture, $2: JSON object merged into "config"
@@ -271,7 +277,7 @@ image_config() {
 	jq -cn --arg arch "$arch" --arg path "$PATH_ENV" --argjson cfg "$cfg" \
 		'{created: "1970-01-01T00:00:00Z", architecture: $arch, os: "linux"}
 		 + (if $arch == "arm64" then {variant: "v8"} else {} end)
-		 + {config: ({Env: [$path]} + $cfg),
+		 + {config: ({Env: [$path]} + $cfg | with_entries(select(.value != null))),
 		    rootfs: {type: "layers", diff_ids: $ARGS.positional},
 		    history: [$ARGS.positional[] | {created: "1970-01-01T00:00:00Z",
 		                                    created_by: "berth hack/make-test-images.sh"}]}' \
@@ -282,30 +288,34 @@ image_config() {
 image_manifest() {
 	local config=$1
 	shift
-	printf '%s\n' "$@" | jq -cR --arg config "$config" \
+	printf '%s\n' "$@" | jq -cnR --arg config "$config" \
 		'def desc: split(" ") | {mediaType: .[0], digest: .[1], size: (.[2] | tonumber)};
 		 {schemaVersion: 2, mediaType: "'"$MT_MANIFEST"'", config: ($config | desc),
-		  layers: [inputs | desc]}' <(echo) - 2>/dev/null ||
-		die "could not write manifest"
+		  layers: [inputs | desc]}'
 }
 
 # Builds config + manifest; prints the manifest descriptor.
 image() {
 	local arch=$1 cfg=$2
 	shift 2
-	local config
+	local config l
+	jq -e 'type == "object"' <<<"$cfg" >/dev/null || die "bad image config fragment: $cfg"
+	for l in "$@"; do
+		[[ $l =~ ^application/[^\ ]+\ sha256:[0-9a-f]{64}\ [0-9]+\ sha256:[0-9a-f]{64}$ ]] ||
+			die "bad layer descriptor '$l' (a layer failed to build)"
+	done
 	config=$(image_config "$arch" "$cfg" "$@")
 	image_manifest "$config" "$@" | json_blob "$MT_MANIFEST"
 }
 
 # Index blob. Args: "arch manifest-descriptor" pairs, as "arch|mt digest size".
 image_index() {
-	printf '%s\n' "$@" | jq -cR \
+	printf '%s\n' "$@" | jq -cnR \
 		'def desc: split("|") as [$arch, $d] | ($d | split(" ")) as [$mt, $dg, $sz]
 		   | {mediaType: $mt, digest: $dg, size: ($sz | tonumber),
 		      platform: ({architecture: $arch, os: "linux"}
 		                 + (if $arch == "arm64" then {variant: "v8"} else {} end))};
-		 {schemaVersion: 2, mediaType: "'"$MT_INDEX"'", manifests: [inputs | desc]}' <(echo) - |
+		 {schemaVersion: 2, mediaType: "'"$MT_INDEX"'", manifests: [inputs | desc]}' |
 		json_blob "$MT_INDEX"
 }
 
@@ -399,8 +409,11 @@ stage_busybox() {
 	ln -f "$root/bin/pgrep" "$root/bin/pkill"
 	write_passwd "$root"
 	printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n' >"$root/etc/nsswitch.conf"
-	chroot "$root" /bin/sh -c 'ls / >/dev/null && ipcs -m >/dev/null && pgrep -V >/dev/null && id -nu 33 >/dev/null' ||
-		die "the staged busybox rootfs does not work (chroot test failed)"
+	# Smoke test; nothing may be written into the rootfs (it has no /dev/null).
+	local out
+	out=$(chroot "$root" /bin/sh -c 'ls /bin/ls && ipcs -m && pgrep -V && id -u www-data' 2>&1) ||
+		die "the staged busybox rootfs does not work (chroot test failed): $out"
+	[[ $out == *pgrep\ from\ procps* && $out == *$'\n'33 ]] || die "unexpected smoke test output: $out"
 }
 
 # Static C programs, built once per run.
@@ -633,8 +646,8 @@ recipe_pause() {
 	rm -rf "$root"
 	mkdir -p "$root"
 	install -m 0755 "$(pause_bin "$version")" "$root/pause"
-	image $ARCH "$(jq -cn --arg v "$version" '{Entrypoint: ["/pause"], User: "65535:65535", WorkingDir: "/",
-		Labels: {"io.berth.test.ref": ("pause:" + $v)}}')" "$(layer "pause-$version" "$root")"
+	image $ARCH "$(cfg '{Cmd: null, Entrypoint: ["/pause"], User: "65535:65535", WorkingDir: "/"}')" \
+		"$(layer "pause-$version" "$root")"
 }
 
 # Lower layer adds /data/*, upper layer deletes with whiteouts and an opaque dir.
@@ -704,8 +717,8 @@ recipe_compression() {
 	mixed) a=gzip b=zstd c=none ;;
 	esac
 	image $ARCH "$(cfg '{}')" "$(busybox_layer "$a")" \
-		"$(file_layer "comp-$mode-1" compression/one "$mode $b")" \
-		"$(file_layer "comp-$mode-2" compression/two "$mode $c" "$c")"
+		"$(file_layer "comp-$mode-1" compression/one "$mode" "$b")" \
+		"$(file_layer "comp-$mode-2" compression/two "$mode" "$c")"
 }
 
 recipe_big() {
@@ -765,7 +778,6 @@ build_set() {
 	S=$WORK/stage-$set
 	rm -rf "$LAYOUT" "$S" "$WORK/tmp"
 	mkdir -p "$LAYOUT/blobs/sha256" "$S" "$WORK/tmp"
-	LAYER_CACHE=()
 	BUSYBOX_LAYER=$(busybox_layer gzip)
 	while read -r rset refs recipe args; do
 		[[ $rset == "$set" ]] || continue
@@ -773,7 +785,7 @@ build_set() {
 		name=$(local_ref "$ROW_REF" | tr '/:' '__')
 		log "building $ROW_REF ($recipe${args:+ $args})"
 		# shellcheck disable=SC2086 # args are words by design
-		desc=$("recipe_${recipe//-/_}" $args)
+		desc=$("recipe_${recipe//-/_}" $args </dev/null)
 		read -r mt digest size <<<"$desc"
 		index_entries+=("$name $mt $digest $size")
 		for ref in ${refs//,/ }; do
@@ -783,29 +795,38 @@ build_set() {
 		done
 	done <<<"$IMAGES"
 	printf '{"imageLayoutVersion":"1.0.0"}' >"$LAYOUT/oci-layout"
-	printf '%s\n' "${index_entries[@]}" | jq -cR \
+	printf '%s\n' "${index_entries[@]}" | jq -cnR \
 		'{schemaVersion: 2, manifests: [inputs | split(" ") as [$n, $mt, $d, $s]
 		   | {mediaType: $mt, digest: $d, size: ($s | tonumber),
-		      annotations: {"org.opencontainers.image.ref.name": $n}}]}' <(echo) - >"$LAYOUT/index.json"
-	rm -rf "$WORK/tmp"
+		      annotations: {"org.opencontainers.image.ref.name": $n}}]}' >"$LAYOUT/index.json"
+	rm -rf "$WORK/tmp" "$S"
 	log "layout $LAYOUT: ${#index_entries[@]} images, $(find "$LAYOUT/blobs/sha256" -type f | wc -l) blobs, $(du -sh "$LAYOUT" | cut -f1)"
 	((PUSH)) || return 0
 
-	log "pushing ${#pushes[@]} tags to $REGISTRY"
-	local stamp=$STAMP_DIR/$set.stamp
+	log "pushing ${#pushes[@]} tags to $REGISTRY ($PUSH_JOBS at a time)"
+	local stamp=$STAMP_DIR/$set.stamp line running=0
 	mkdir -p "$STAMP_DIR"
 	rm -f "$stamp"
-	local line
 	for line in "${pushes[@]}"; do
 		read -r name dest mt digest <<<"$line"
-		push "$name" "$dest" "$mt" "$digest"
-		printf '%s %s\n' "$dest" "$digest" >>"$stamp.tmp"
+		push "$name" "$dest" "$mt" "$digest" &
+		running=$((running + 1))
+		if ((running >= PUSH_JOBS)); then
+			wait -n || die "a push failed"
+			running=$((running - 1))
+		fi
+	done
+	while ((running > 0)); do
+		wait -n || die "a push failed"
+		running=$((running - 1))
 	done
 	{
 		echo "key $key"
-		cat "$stamp.tmp"
+		for line in "${pushes[@]}"; do
+			read -r name dest mt digest <<<"$line"
+			echo "$dest $digest"
+		done
 	} >"$stamp"
-	rm -f "$stamp.tmp"
 }
 
 main() {
@@ -833,15 +854,20 @@ main() {
 	done
 	[[ $BIG == 1 ]] && sets+=(big)
 	[[ $(uname -m) == x86_64 ]] || die "the runnable test images are built for amd64 only (this is $(uname -m))"
-	need tar gzip zstd jq sha256sum curl gcc ldd dpkg-deb dpkg-query python3 chroot
+	need tar gzip zstd jq sha256sum curl gcc ldd dpkg-deb dpkg-query python3 chroot flock
 	((PUSH == 0)) || need skopeo
 	((EUID == 0)) || die "run as root (chroot smoke test, file ownership in layers, registry storage)"
+	# One build at a time per work directory (several test suites may call this).
+	mkdir -p "$WORK"
+	exec 8>"$WORK/.lock"
+	if ! flock -n 8; then
+		log "waiting for another make-test-images.sh run to finish ($WORK/.lock)"
+		flock -w 900 8 || die "timed out waiting for $WORK/.lock"
+	fi
 	fetch_debs
 	if ((PUSH)); then
-		"$HACK/local-registry.sh" start
+		"$HACK/local-registry.sh" start 8>&-
 	fi
-
-	mkdir -p "$WORK"
 	for set in "${sets[@]}"; do
 		key=$(inputs_key "$set")
 		if ((PUSH && !FORCE)) && up_to_date "$set" "$key"; then
