@@ -430,8 +430,10 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("log_format"));
-        let mut c = Config::default();
-        c.root = "relative".into();
+        let c = Config {
+            root: "relative".into(),
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("root"));
     }
 

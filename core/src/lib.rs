@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dylib;
 pub mod events;
+pub mod lifecycle;
 pub mod model;
 pub mod plugin;
 pub mod registry;
@@ -13,5 +14,6 @@ pub mod store;
 
 pub use config::Config;
 pub use events::{Event, EventBus, EventKind};
+pub use lifecycle::{Lifecycle, LifecycleError};
 pub use registry::{InitContext, Plugins, Registry};
 pub use store::{Store, Table};

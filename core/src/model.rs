@@ -4,9 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+
+use crate::plugin::isolation::PodNamespaces;
+use crate::plugin::network::PodNetwork;
+use crate::plugin::resources::{CgroupPath, LinuxResources};
 
 /// A new random 64-hex-digit id, as containerd and CRI-O hand out for pods and containers.
 pub fn new_id() -> String {
@@ -99,9 +104,30 @@ pub struct PodSandbox {
     /// The CRI request as received, encoded by the CRI layer (core does not interpret it).
     #[serde(default)]
     pub config: Vec<u8>,
-    /// Facts the lifecycle recorded (netns path, IPs, cgroup, …), by name.
-    #[serde(default)]
-    pub facts: BTreeMap<String, String>,
+    /// What the lifecycle set up for the pod, planned before the side effects so that cleanup can always be
+    /// derived from the record alone.
+    pub runtime: PodRuntime,
+}
+
+/// The host-side facts of a pod sandbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRuntime {
+    pub hostname: String,
+    pub log_directory: String,
+    pub host_network: bool,
+    pub host_ipc: bool,
+    pub host_pid: bool,
+    pub shared_pid: bool,
+    /// The pod cgroup's parent as asked (kubelet's `cgroup_parent`), empty for berth's default.
+    pub cgroup_parent: String,
+    /// The pod cgroup, once created.
+    pub cgroup: Option<CgroupPath>,
+    pub namespaces: PodNamespaces,
+    /// What the network plugin was (or will be) asked to set up; `None` for host-network pods.
+    pub network: Option<PodNetwork>,
+    pub ips: Vec<String>,
+    /// Directory of the pod's hosts, hostname and resolv.conf files.
+    pub files_dir: PathBuf,
 }
 
 /// A container as the store keeps it.
@@ -125,8 +151,36 @@ pub struct Container {
     pub log_path: String,
     #[serde(default)]
     pub config: Vec<u8>,
-    #[serde(default)]
-    pub facts: BTreeMap<String, String>,
+    pub runtime: ContainerRuntime,
+}
+
+/// The host-side facts of a container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRuntime {
+    /// The container cgroup, once created.
+    pub cgroup: Option<CgroupPath>,
+    /// The snapshotter key of the writable rootfs (the container id), once prepared.
+    pub snapshot: Option<String>,
+    /// Signal number that stops it gracefully (image StopSignal), 15 when unset.
+    pub stop_signal: i32,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
+    /// The resources applied at creation or by the last update.
+    pub resources: LinuxResources,
+    /// Host paths mounted into the container (for ContainerStatus).
+    pub mounts: Vec<MountRecord>,
+    pub pid: u32,
+}
+
+/// One mount as ContainerStatus reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub container_path: String,
+    pub host_path: String,
+    pub readonly: bool,
+    /// 0 private, 1 host-to-container, 2 bidirectional (CRI's MountPropagation numbers).
+    pub propagation: i32,
 }
 
 /// An image as the store keeps it; its id is the digest of its config blob.
@@ -145,6 +199,9 @@ pub struct Image {
     /// The image config JSON (OCI image config).
     pub config: Vec<u8>,
     pub pinned: bool,
+    /// Digest of the platform image manifest in the content store (layer digests and media types).
+    #[serde(default)]
+    pub manifest_digest: String,
 }
 
 /// Unix nanoseconds now.

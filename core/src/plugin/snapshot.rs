@@ -89,8 +89,13 @@ pub trait Snapshotter: Send + Sync + 'static {
     async fn has_layer(&self, chain: &ChainId) -> PluginResult<bool>;
 
     /// Unpacks an uncompressed tar stream as the committed layer `chain` on top of `parent`.
-    /// Runs the (blocking) read on a blocking thread. Idempotent: an existing layer is kept as it is.
-    /// No entry may create or change anything outside the layer's own directory.
+    /// Runs the (blocking) read on a blocking thread. Idempotent: an existing layer is kept as it is (and
+    /// the stream is not read). No entry may create or change anything outside the layer's own directory;
+    /// a refused entry is `InvalidArgument` naming the entry, and nothing of the layer is kept.
+    ///
+    /// The stream is read **to its end** before the layer is committed, and any read error (including one
+    /// reported only at EOF) fails the call with nothing committed: the image store's reader verifies the
+    /// layer's diff id when the stream ends. `parent` must exist (`NotFound` otherwise).
     async fn apply_layer(
         &self,
         chain: &ChainId,
@@ -105,11 +110,11 @@ pub trait Snapshotter: Send + Sync + 'static {
     /// Creates a read-only view `key` of the committed chain `parent`.
     async fn view(&self, key: &str, parent: &ChainId) -> PluginResult<Vec<Mount>>;
 
-    /// The mounts of an existing active snapshot or view.
+    /// The mounts of an existing active snapshot or view (`InvalidArgument` for a committed layer).
     async fn mounts(&self, key: &str) -> PluginResult<Vec<Mount>>;
 
     /// Removes an active snapshot, a view, or a committed layer (given as its chain id string) that no other
-    /// snapshot uses as parent. Removing a missing key is not an error.
+    /// snapshot uses as parent (`FailedPrecondition` when one does). Removing a missing key is not an error.
     async fn remove(&self, key: &str) -> PluginResult<()>;
 
     /// Bytes and inodes used by the snapshot's own (upper) directory, or by a committed layer.

@@ -1,0 +1,109 @@
+//! Real cgroup v2 tests: run in the pure-cgroup2 VM (`hack/vm-test.sh` as the cargo runner). Skipped, with a
+//! message, on a v1 or hybrid host.
+
+mod common;
+
+use berth_core::plugin::resources::{CgroupMode, LinuxResources};
+use common::*;
+
+fn fixture() -> Option<Fixture> {
+    Fixture::new(&[CgroupMode::V2])
+}
+
+#[test]
+fn oom_kill_at_32_mib_is_detected() {
+    let Some(fx) = fixture() else { return };
+    oom_kill_is_detected(&fx);
+}
+
+#[test]
+fn pids_limit_of_20_contains_a_fork_bomb() {
+    let Some(fx) = fixture() else { return };
+    pids_limit_contains_a_fork_bomb(&fx);
+}
+
+#[test]
+fn cpu_quota_of_0_2_core_holds_a_busy_loop() {
+    let Some(fx) = fixture() else { return };
+    cpu_quota_limits_a_busy_loop(&fx);
+    let c = berth_core::plugin::resources::CgroupPath(format!("{}/pod/ctr", fx.parent.as_str()));
+    assert_eq!(fx.read("cpu", &c, "cpu.max"), "20000 100000");
+}
+
+#[test]
+fn cpuset_pins_the_process_to_cpu_1() {
+    let Some(fx) = fixture() else { return };
+    cpuset_pins_the_process(&fx);
+}
+
+#[test]
+fn memory_update_is_live_and_refused_updates_change_nothing() {
+    let Some(fx) = fixture() else { return };
+    update_is_live_and_atomic(&fx, ("memory", "memory.max"));
+}
+
+#[test]
+fn shares_and_unified_settings_are_written() {
+    let Some(fx) = fixture() else { return };
+    let mut r = LinuxResources {
+        cpu_shares: 1024,
+        memory_limit_in_bytes: 64 * MIB,
+        ..Default::default()
+    };
+    r.unified.insert("memory.high".into(), (48 * MIB).to_string());
+    let (_pod, c) = fx.container(r);
+    assert_eq!(fx.read("cpu", &c, "cpu.weight"), "100");
+    assert_eq!(fx.read("memory", &c, "memory.high"), (48 * MIB).to_string());
+    let mut bad = LinuxResources::default();
+    bad.unified.insert("nosuch.file".into(), "1".into());
+    assert!(fx.cg.update(&c, &bad).is_err());
+}
+
+#[test]
+fn stats_show_a_50_mib_working_set_and_growing_cpu() {
+    let Some(fx) = fixture() else { return };
+    stats_follow_the_workload(&fx);
+}
+
+#[test]
+fn pod_removal_kills_and_leaves_no_cgroup() {
+    let Some(fx) = fixture() else { return };
+    removal_leaves_nothing(&fx);
+}
+
+#[test]
+fn leftovers_of_a_crash_are_listed_and_removed_after_restart() {
+    let Some(fx) = fixture() else { return };
+    leftovers_are_found_after_a_restart(&fx);
+}
+
+/// Prints the real v2 files of a cgroup holding 50 MiB, the samples the unit tests parse.
+#[test]
+fn print_real_v2_samples() {
+    let Some(fx) = fixture() else { return };
+    let (_pod, c) = fx.container(LinuxResources::default());
+    let _p = fx.spawn(&c, "dd if=/dev/zero bs=50M count=1 2>/dev/null | sleep 60");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    for f in [
+        "memory.stat",
+        "memory.current",
+        "memory.events",
+        "cpu.stat",
+        "pids.current",
+        "memory.max",
+    ] {
+        println!("== {f}\n{}", fx.read("memory", &c, f));
+    }
+}
+
+#[test]
+fn hugepage_limit_is_written_where_hugetlb_lives() {
+    let Some(fx) = fixture() else { return };
+    hugepage_limit_is_written(&fx);
+}
+
+#[tokio::test]
+async fn plugin_api_creates_or_adopts_a_kubelet_parent() {
+    let Some(fx) = fixture() else { return };
+    plugin_api_with_a_kubelet_parent(&fx).await;
+}
