@@ -1,1 +1,281 @@
-//! Shared helpers of the end-to-end tests: start a berthd, find the built binaries, run crictl.
+//! Shared helpers of the end-to-end tests: start a real berthd on a private root/state/socket, find the
+//! built binaries, run crictl, and talk CRI over gRPC.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use berth_cri::api::image_service_client::ImageServiceClient;
+use berth_cri::api::runtime_service_client::RuntimeServiceClient;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint};
+
+/// `target/<profile>/` of the running test binary (it lives in `target/<profile>/deps/`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// A workspace binary or library built by `cargo build` (hack/test.sh builds them all first).
+pub fn built(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+/// A short random suffix for names of kernel objects (bridges ≤ 15 chars).
+pub fn unique(prefix: &str) -> String {
+    let n: u32 = std::process::id() ^ Instant::now().elapsed().subsec_nanos() ^ rand_u32();
+    format!("{prefix}{:06x}", n & 0xff_ffff)
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    u32::from_ne_bytes(b)
+}
+
+/// How to start a berthd for a test.
+#[derive(Default)]
+pub struct BerthdOptions {
+    /// Extra TOML appended to the generated config.
+    pub config: String,
+    pub args: Vec<String>,
+}
+
+/// A berthd child on a temp root, state and socket; stopped (SIGTERM, then SIGKILL) and cleaned on drop.
+pub struct Berthd {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Berthd {
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The config every test berthd gets: private names for what it creates on the host (bridge, CIDR,
+    /// cgroups), and the local registry as the mirror of every upstream registry the tests name.
+    pub fn base_config(dir: &Path) -> String {
+        let n = rand_u32();
+        format!(
+            "[bridge]\nbridge = \"{}\"\ncidr = \"10.{}.{}.0/24\"\n[cgroups]\ndefault_parent = \"/{}\"\n{}",
+            unique("bt"),
+            100 + (n % 100),
+            (n >> 8) % 250,
+            unique("berth-it-"),
+            mirror_config(dir)
+        )
+    }
+
+    /// Spawns berthd without waiting for it.
+    pub fn spawn(opts: BerthdOptions) -> anyhow::Result<Berthd> {
+        let dir = tempfile::Builder::new().prefix("berth-it").tempdir()?;
+        let socket = dir.path().join("berth.sock");
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, format!("{}{}", Self::base_config(dir.path()), opts.config))?;
+        let log = dir.path().join("berthd.log");
+        let child = Command::new(built("berthd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(&opts.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::OpenOptions::new().append(true).open(&log)?)
+            .spawn()
+            .context("spawn berthd")?;
+        Ok(Berthd {
+            child: Some(child),
+            dir,
+            socket,
+            log,
+        })
+    }
+
+    /// Starts berthd and waits until it answers CRI Version.
+    pub fn start(opts: BerthdOptions) -> anyhow::Result<Berthd> {
+        let mut b = Berthd::spawn(opts)?;
+        b.wait_ready(Duration::from_secs(30))?;
+        Ok(b)
+    }
+
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("berthd exited early ({status}):\n{}", self.log_text());
+            }
+            if self.socket.exists() && self.crictl(&["version"]).status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("berthd did not get ready in {timeout:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Runs crictl against this berthd.
+    pub fn crictl(&self, args: &[&str]) -> Output {
+        Command::new(crictl_path())
+            .arg("--runtime-endpoint")
+            .arg(self.endpoint())
+            .arg("--image-endpoint")
+            .arg(self.endpoint())
+            .arg("--timeout")
+            .arg("60s")
+            .args(args)
+            .output()
+            .expect("run crictl")
+    }
+
+    /// Sends a signal and waits for the exit, at most `timeout`.
+    pub fn stop_with(&mut self, signal: Signal, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        uds_channel(&self.socket).await
+    }
+
+    pub async fn runtime(&self) -> anyhow::Result<RuntimeServiceClient<Channel>> {
+        Ok(RuntimeServiceClient::new(self.channel().await?))
+    }
+
+    pub async fn images(&self) -> anyhow::Result<ImageServiceClient<Channel>> {
+        Ok(ImageServiceClient::new(self.channel().await?))
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        if let Some(status) = self.stop_with(Signal::SIGTERM, Duration::from_secs(20))
+            && status.signal().is_some()
+        {
+            eprintln!("berthd was killed at teardown; its log:\n{}", self.log_text());
+        }
+    }
+}
+
+/// A gRPC channel over a unix socket.
+pub async fn uds_channel(socket: &Path) -> anyhow::Result<Channel> {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::try_from("http://berth.invalid")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    Ok(channel)
+}
+
+/// crictl from PATH or /usr/local/bin (hack/install-deps.sh puts it there).
+pub fn crictl_path() -> PathBuf {
+    let dirs = std::env::var("BERTH_TOOLS_BIN").unwrap_or_else(|_| "/usr/local/bin".into());
+    let p = Path::new(&dirs).join("crictl");
+    if p.exists() { p } else { PathBuf::from("crictl") }
+}
+
+/// stdout as text, panicking with both streams when the command failed.
+pub fn ok_stdout(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The repository root (integration/ is one level down).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+static IMAGES: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+
+/// Starts the local registry (127.0.0.1 only) and pushes the test images, once per test binary; both scripts
+/// are idempotent and fast when everything is there already.
+pub fn ensure_test_images() {
+    let r = IMAGES.get_or_init(|| {
+        for script in ["local-registry.sh start", "make-test-images.sh"] {
+            let mut parts = script.split(' ');
+            let path = repo_root().join("hack").join(parts.next().unwrap());
+            let out = Command::new(&path)
+                .args(parts)
+                .output()
+                .map_err(|e| format!("{script}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("{script} failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        panic!("test images unavailable: {e}");
+    }
+}
+
+/// Config for a berthd that pulls the upstream names critest and the tests use from the local registry.
+pub fn mirror_config(dir: &Path) -> String {
+    let certs = dir.join("mirrors");
+    let out = Command::new(repo_root().join("hack/mirror-config.sh"))
+        .arg(&certs)
+        .output()
+        .expect("mirror-config.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    format!("[registry]\nconfig_path = \"{}\"\n", certs.display())
+}

@@ -20,6 +20,8 @@ const KILL_WAIT: Duration = Duration::from_secs(30);
 /// A validated CreateContainer, with the OCI spec already built by the CRI layer.
 #[derive(Clone, Debug)]
 pub struct ContainerRequest {
+    /// The id to use (the CRI layer picks it to name per-container paths); empty: a new random id.
+    pub id: String,
     pub pod_id: String,
     pub name: String,
     pub attempt: u32,
@@ -75,17 +77,27 @@ impl Lifecycle {
         if let Some(c) = self.store().get::<Container>(Table::Containers, id_or_prefix)? {
             return Ok(c);
         }
-        let mut hits: Vec<Container> =
-            self.list_containers()?.into_iter().filter(|c| c.id.starts_with(id_or_prefix)).collect();
+        let mut hits: Vec<Container> = self
+            .list_containers()?
+            .into_iter()
+            .filter(|c| c.id.starts_with(id_or_prefix))
+            .collect();
         match hits.len() {
             1 => Ok(hits.remove(0)),
             0 => Err(LifecycleError::NotFound(format!("container {id_or_prefix} not found"))),
-            _ => Err(LifecycleError::InvalidArgument(format!("container id prefix {id_or_prefix} is ambiguous"))),
+            _ => Err(LifecycleError::InvalidArgument(format!(
+                "container id prefix {id_or_prefix} is ambiguous"
+            ))),
         }
     }
 
     pub fn list_containers(&self) -> LifecycleResult<Vec<Container>> {
-        Ok(self.store().list::<Container>(Table::Containers)?.into_iter().map(|(_, c)| c).collect())
+        Ok(self
+            .store()
+            .list::<Container>(Table::Containers)?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect())
     }
 
     fn container_cgroup_path(pod_cgroup: &CgroupPath, id: &str) -> CgroupPath {
@@ -96,9 +108,12 @@ impl Lifecycle {
     pub async fn create_container(&self, req: ContainerRequest) -> LifecycleResult<Container> {
         let pod = self.get_pod(&req.pod_id)?;
         if pod.state != PodState::Ready {
-            return Err(LifecycleError::FailedPrecondition(format!("pod sandbox {} is not ready", pod.id)));
+            return Err(LifecycleError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
         }
-        let id = new_id();
+        let id = if req.id.is_empty() { new_id() } else { req.id.clone() };
         let m = &pod.metadata;
         let name = format!("{}_{}_{}_{}_{}", req.name, m.name, m.namespace, m.uid, req.attempt);
         let mut c = Container {
@@ -117,7 +132,11 @@ impl Lifecycle {
             message: String::new(),
             labels: req.labels.clone(),
             annotations: req.annotations.clone(),
-            log_path: req.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            log_path: req
+                .log_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             config: req.config.clone(),
             runtime: ContainerRuntime {
                 cgroup: None,
@@ -182,7 +201,10 @@ impl Lifecycle {
         let pod_cgroup = pod_cgroup
             .as_ref()
             .ok_or_else(|| LifecycleError::FailedPrecondition(format!("pod sandbox {} has no cgroup", c.pod_id)))?;
-        let cgroup = plugins.resources.create_container(pod_cgroup, &c.id, &req.resources).await?;
+        let cgroup = plugins
+            .resources
+            .create_container(pod_cgroup, &c.id, &req.resources)
+            .await?;
         c.runtime.cgroup = Some(cgroup.clone());
         {
             let rec = c.clone();
@@ -223,7 +245,18 @@ impl Lifecycle {
             undo_failed("snapshot removal", &c.id, &e);
             clean = false;
         }
-        let cgroup = c.runtime.cgroup.clone().or_else(|| pod_cgroup.map(|p| Self::container_cgroup_path(p, &c.id)));
+        let volumes = self.config().root.join("volumes").join(&c.id);
+        if let Err(e) = std::fs::remove_dir_all(&volumes)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            undo_failed("volumes removal", &c.id, &e);
+            clean = false;
+        }
+        let cgroup = c
+            .runtime
+            .cgroup
+            .clone()
+            .or_else(|| pod_cgroup.map(|p| Self::container_cgroup_path(p, &c.id)));
         if let Some(cg) = cgroup
             && let Err(e) = plugins.resources.remove(&cg).await
         {
@@ -331,7 +364,11 @@ impl Lifecycle {
                 }
                 c.state = ContainerState::Exited;
                 c.exit_code = exit.code;
-                c.finished_at = if exit.finished_at > 0 { exit.finished_at } else { now_nanos() };
+                c.finished_at = if exit.finished_at > 0 {
+                    exit.finished_at
+                } else {
+                    now_nanos()
+                };
                 if c.started_at == 0 {
                     c.started_at = c.finished_at;
                 }
@@ -412,9 +449,13 @@ impl Lifecycle {
         }
         {
             let key = intent_key("container", id);
-            self.write(move |tx| tx.put(Table::Intents, &key, &Intent::RemoveContainer)).await?;
+            self.write(move |tx| tx.put(Table::Intents, &key, &Intent::RemoveContainer))
+                .await?;
         }
-        let pod_cgroup = self.store().get::<crate::model::PodSandbox>(Table::Pods, &c.pod_id)?.and_then(|p| p.runtime.cgroup);
+        let pod_cgroup = self
+            .store()
+            .get::<crate::model::PodSandbox>(Table::Pods, &c.pod_id)?
+            .and_then(|p| p.runtime.cgroup);
         if !self.cleanup_container(&c, pod_cgroup.as_ref()).await {
             return Err(LifecycleError::Plugin(PluginError::Internal(format!(
                 "container {id} could not be fully removed; see berthd's log, and retry"
@@ -436,9 +477,15 @@ impl Lifecycle {
     ) -> LifecycleResult<ExecOutput> {
         let c = self.get_container(id)?;
         if c.state != ContainerState::Running {
-            return Err(LifecycleError::FailedPrecondition(format!("container {id} is not running")));
+            return Err(LifecycleError::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
         }
-        Ok(self.plugins().isolation.exec_sync(id, exec, timeout, max_output).await?)
+        Ok(self
+            .plugins()
+            .isolation
+            .exec_sync(id, exec, timeout, max_output)
+            .await?)
     }
 
     /// UpdateContainerResources: applies the new limits, then records them.

@@ -55,7 +55,9 @@ impl Lifecycle {
     /// Finds a pod by full id or unique id prefix, as crictl accepts.
     pub fn find_pod(&self, id_or_prefix: &str) -> LifecycleResult<PodSandbox> {
         if id_or_prefix.is_empty() {
-            return Err(LifecycleError::InvalidArgument("pod sandbox id must not be empty".into()));
+            return Err(LifecycleError::InvalidArgument(
+                "pod sandbox id must not be empty".into(),
+            ));
         }
         if let Some(p) = self.store().get::<PodSandbox>(Table::Pods, id_or_prefix)? {
             return Ok(p);
@@ -67,13 +69,22 @@ impl Lifecycle {
             .collect();
         match hits.len() {
             1 => Ok(hits.remove(0)),
-            0 => Err(LifecycleError::NotFound(format!("pod sandbox {id_or_prefix} not found"))),
-            _ => Err(LifecycleError::InvalidArgument(format!("pod sandbox id prefix {id_or_prefix} is ambiguous"))),
+            0 => Err(LifecycleError::NotFound(format!(
+                "pod sandbox {id_or_prefix} not found"
+            ))),
+            _ => Err(LifecycleError::InvalidArgument(format!(
+                "pod sandbox id prefix {id_or_prefix} is ambiguous"
+            ))),
         }
     }
 
     pub fn list_pods(&self) -> LifecycleResult<Vec<PodSandbox>> {
-        Ok(self.store().list::<PodSandbox>(Table::Pods)?.into_iter().map(|(_, p)| p).collect())
+        Ok(self
+            .store()
+            .list::<PodSandbox>(Table::Pods)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
     }
 
     /// RunPodSandbox: reserve the name, then cgroup → namespaces → network → pod files → Ready.
@@ -169,7 +180,10 @@ impl Lifecycle {
         let plugins = self.plugins();
         let id = pod.id.clone();
         // 2. Cgroup.
-        let cgroup = plugins.resources.create_pod(&id, &req.cgroup_parent, &req.resources).await?;
+        let cgroup = plugins
+            .resources
+            .create_pod(&id, &req.cgroup_parent, &req.resources)
+            .await?;
         pod.runtime.cgroup = Some(cgroup.clone());
         self.save_pod(pod).await?;
         // 3. Namespaces (and the pod's shim).
@@ -323,7 +337,8 @@ impl Lifecycle {
         let _guard = self.inner.locks.lock(&pod.id).await;
         {
             let key = intent_key("pod", &pod.id);
-            self.write(move |tx| tx.put(Table::Intents, &key, &Intent::RemovePod)).await?;
+            self.write(move |tx| tx.put(Table::Intents, &key, &Intent::RemovePod))
+                .await?;
         }
         if !self.cleanup_pod(&pod).await {
             return Err(LifecycleError::Plugin(PluginError::Internal(format!(

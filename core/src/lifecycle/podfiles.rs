@@ -40,7 +40,11 @@ pub fn resolv_conf(dns: &DnsConfig) -> String {
 /// Writes the three files into `dir` (created 0755), each through a temp file and rename.
 pub fn write_all(dir: &Path, hosts: &str, hostname: &str, resolv: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    for (name, text) in [("hosts", hosts.to_string()), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv.to_string())] {
+    for (name, text) in [
+        ("hosts", hosts.to_string()),
+        ("hostname", format!("{hostname}\n")),
+        ("resolv.conf", resolv.to_string()),
+    ] {
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, dir.join(name))?;

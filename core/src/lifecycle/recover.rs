@@ -45,8 +45,11 @@ impl Lifecycle {
                 self.write(move |tx| tx.put(Table::Pods, &p.id, &p)).await?;
             }
         }
-        let with_network: Vec<String> =
-            pods.iter().filter(|p| p.runtime.network.is_some()).map(|p| p.id.clone()).collect();
+        let with_network: Vec<String> = pods
+            .iter()
+            .filter(|p| p.runtime.network.is_some())
+            .map(|p| p.id.clone())
+            .collect();
         if let Err(e) = self.plugins().network.reconcile(&with_network).await {
             tracing::warn!("network reconcile failed: {e}");
         }
@@ -64,7 +67,10 @@ impl Lifecycle {
                 "container" => {
                     if let Some(c) = self.store().get::<Container>(Table::Containers, id)? {
                         tracing::info!(container = %id, ?intent, "rolling back a half-done container operation");
-                        let pod_cg = self.store().get::<PodSandbox>(Table::Pods, &c.pod_id)?.and_then(|p| p.runtime.cgroup);
+                        let pod_cg = self
+                            .store()
+                            .get::<PodSandbox>(Table::Pods, &c.pod_id)?
+                            .and_then(|p| p.runtime.cgroup);
                         if self.cleanup_container(&c, pod_cg.as_ref()).await {
                             self.forget_container(&c).await?;
                         }
@@ -145,7 +151,10 @@ impl Lifecycle {
     /// Pod cgroups under berth's default parent that no pod record owns: leftovers of a crash.
     async fn remove_stale_cgroups(&self, pods: &[PodSandbox]) -> usize {
         let res = &self.plugins().resources;
-        let known: HashSet<String> = pods.iter().filter_map(|p| p.runtime.cgroup.as_ref().map(|c| c.0.clone())).collect();
+        let known: HashSet<String> = pods
+            .iter()
+            .filter_map(|p| p.runtime.cgroup.as_ref().map(|c| c.0.clone()))
+            .collect();
         let Ok(children) = res.list(&res.default_parent()).await else {
             return 0;
         };

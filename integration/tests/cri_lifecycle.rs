@@ -1,0 +1,308 @@
+//! The CRI RuntimeService end to end with real crictl: pods, containers, logs, exec, exit codes, error codes,
+//! and restart recovery after kill -9.
+
+use std::path::Path;
+use std::time::Duration;
+
+use berth_cri::api::{
+    ContainerStatusRequest, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+};
+use berth_integration::{Berthd, BerthdOptions, ensure_test_images, ok_stdout, unique};
+use nix::sys::signal::Signal;
+
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+fn write_json(dir: &Path, name: &str, v: serde_json::Value) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, v.to_string()).unwrap();
+    p.display().to_string()
+}
+
+fn pod_json(dir: &Path, name: &str) -> String {
+    let logs = dir.join("logs").join(name);
+    write_json(
+        dir,
+        &format!("{name}-pod.json"),
+        serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "uid": unique("uid-"), "attempt": 0},
+            "hostname": format!("{name}-host"),
+            "log_directory": logs.display().to_string(),
+            "linux": {}
+        }),
+    )
+}
+
+fn ctr_json(dir: &Path, name: &str, script: &str) -> String {
+    write_json(
+        dir,
+        &format!("{name}-ctr.json"),
+        serde_json::json!({
+            "metadata": {"name": name},
+            "image": {"image": BUSYBOX},
+            "command": ["/bin/sh", "-c", script],
+            "log_path": format!("{name}.log"),
+            // Its own PID namespace (CRI's default, 0, is the pod's shared one).
+            "linux": {"security_context": {"namespace_options": {"pid": 1}}}
+        }),
+    )
+}
+
+fn inspect(b: &Berthd, id: &str) -> serde_json::Value {
+    serde_json::from_str(&ok_stdout(&b.crictl(&["inspect", id]), "crictl inspect")).unwrap()
+}
+
+/// Polls `crictl inspect` until the container has exited.
+fn wait_exited(b: &Berthd, id: &str) -> serde_json::Value {
+    for _ in 0..200 {
+        let v = inspect(b, id);
+        if v["status"]["state"] == "CONTAINER_EXITED" {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("container {id} did not exit: {}", inspect(b, id));
+}
+
+fn start_berthd() -> Berthd {
+    ensure_test_images();
+    let b = Berthd::start(BerthdOptions::default()).unwrap();
+    ok_stdout(&b.crictl(&["pull", BUSYBOX]), "crictl pull");
+    b
+}
+
+fn run_container(b: &Berthd, dir: &Path, pod: &str, pod_cfg: &str, name: &str, script: &str) -> String {
+    let ctr = ctr_json(dir, name, script);
+    let id = ok_stdout(&b.crictl(&["create", pod, &ctr, pod_cfg]), "crictl create")
+        .trim()
+        .to_string();
+    ok_stdout(&b.crictl(&["start", &id]), "crictl start");
+    id
+}
+
+#[test]
+fn a_scripted_crictl_flow_shows_what_kubelet_reads() {
+    let b = start_berthd();
+    let dir = b.dir.path().to_path_buf();
+    let pod_cfg = pod_json(&dir, "web");
+    let pod = ok_stdout(&b.crictl(&["runp", &pod_cfg]), "crictl runp")
+        .trim()
+        .to_string();
+
+    // The pod: Ready, with an IP on the test bridge, and the metadata it was given.
+    let pods = ok_stdout(&b.crictl(&["pods", "-o", "json"]), "crictl pods");
+    let pods: serde_json::Value = serde_json::from_str(&pods).unwrap();
+    assert_eq!(pods["items"][0]["id"], pod);
+    assert_eq!(pods["items"][0]["state"], "SANDBOX_READY");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok_stdout(&b.crictl(&["inspectp", &pod]), "inspectp")).unwrap();
+    assert_eq!(status["status"]["metadata"]["name"], "web");
+    let ip = status["status"]["network"]["ip"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10."), "pod IP {ip:?}");
+
+    let id = run_container(
+        &b,
+        &dir,
+        &pod,
+        &pod_cfg,
+        "hello",
+        "echo hello from berth; exec sleep 1000",
+    );
+    let ps = ok_stdout(&b.crictl(&["ps", "-o", "json"]), "crictl ps");
+    let ps: serde_json::Value = serde_json::from_str(&ps).unwrap();
+    assert_eq!(ps["containers"][0]["id"], id);
+    assert_eq!(ps["containers"][0]["state"], "CONTAINER_RUNNING");
+    assert_eq!(ps["containers"][0]["podSandboxId"], pod);
+
+    // Logs in the kubelet format, read back by crictl.
+    let mut logs = String::new();
+    for _ in 0..50 {
+        logs = ok_stdout(&b.crictl(&["logs", &id]), "crictl logs");
+        if !logs.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(logs, "hello from berth\n");
+    let log_file = dir.join("logs/web/hello.log");
+    let line = std::fs::read_to_string(&log_file).unwrap();
+    assert!(line.contains(" stdout F hello from berth"), "{line}");
+
+    // ExecSync: the pod's hostname, PID 1 is the container's own process.
+    let host = ok_stdout(
+        &b.crictl(&["exec", "-s", &id, "cat", "/etc/hostname"]),
+        "crictl exec -s",
+    );
+    assert_eq!(host.trim(), "web-host");
+    let comm = ok_stdout(&b.crictl(&["exec", "-s", &id, "cat", "/proc/1/comm"]), "crictl exec -s");
+    assert_eq!(comm.trim(), "sleep");
+    // crictl exec -s exits 1 and names ExecSync's exit code.
+    let out = b.crictl(&["exec", "-s", &id, "sh", "-c", "exit 5"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exited with 5"),
+        "{out:?}"
+    );
+
+    // Stop: sleep as PID 1 ignores SIGTERM, so SIGKILL after the timeout → 137.
+    ok_stdout(&b.crictl(&["stop", "-t", "1", &id]), "crictl stop");
+    let v = inspect(&b, &id);
+    assert_eq!(v["status"]["state"], "CONTAINER_EXITED");
+    assert_eq!(v["status"]["exitCode"], 137);
+    assert_eq!(v["status"]["reason"], "Error");
+    assert!(v["status"]["finishedAt"].as_str().is_some());
+    assert_eq!(v["status"]["logPath"], log_file.display().to_string());
+
+    ok_stdout(&b.crictl(&["rm", &id]), "crictl rm");
+    ok_stdout(&b.crictl(&["stopp", &pod]), "crictl stopp");
+    ok_stdout(&b.crictl(&["rmp", &pod]), "crictl rmp");
+    let pods = ok_stdout(&b.crictl(&["pods", "-q"]), "crictl pods");
+    assert!(pods.trim().is_empty(), "{pods}");
+}
+
+#[test]
+fn exit_codes_and_reasons() {
+    let b = start_berthd();
+    let dir = b.dir.path().to_path_buf();
+    let pod_cfg = pod_json(&dir, "codes");
+    let pod = ok_stdout(&b.crictl(&["runp", &pod_cfg]), "crictl runp")
+        .trim()
+        .to_string();
+    let three = run_container(&b, &dir, &pod, &pod_cfg, "three", "exit 3");
+    let zero = run_container(&b, &dir, &pod, &pod_cfg, "zero", "true");
+    let v = wait_exited(&b, &three);
+    assert_eq!(
+        (v["status"]["exitCode"].as_i64(), v["status"]["reason"].as_str()),
+        (Some(3), Some("Error"))
+    );
+    let v = wait_exited(&b, &zero);
+    assert_eq!(
+        (v["status"]["exitCode"].as_i64(), v["status"]["reason"].as_str()),
+        (Some(0), Some("Completed"))
+    );
+    ok_stdout(&b.crictl(&["rmp", "-f", &pod]), "crictl rmp -f");
+}
+
+#[tokio::test]
+async fn error_codes_follow_the_cri() {
+    let b = start_berthd();
+    let mut rt = b.runtime().await.unwrap();
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let e = rt
+        .container_status(ContainerStatusRequest {
+            container_id: unknown.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: unknown.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    // Stop and Remove of what does not exist succeed: kubelet retries them.
+    rt.stop_container(StopContainerRequest {
+        container_id: unknown.into(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    rt.remove_container(RemoveContainerRequest {
+        container_id: unknown.into(),
+    })
+    .await
+    .unwrap();
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: unknown.into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: unknown.into(),
+    })
+    .await
+    .unwrap();
+    // A pod without a name is refused, naming the field.
+    let e = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(PodSandboxConfig {
+                metadata: Some(PodSandboxMetadata {
+                    name: String::new(),
+                    uid: "u".into(),
+                    namespace: "default".into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("metadata.name"), "{}", e.message());
+}
+
+#[test]
+fn a_duplicate_pod_name_is_refused_naming_the_holder_and_released_after_removal() {
+    let b = start_berthd();
+    let dir = b.dir.path().to_path_buf();
+    let cfg = pod_json(&dir, "dup");
+    let first = ok_stdout(&b.crictl(&["runp", &cfg]), "crictl runp").trim().to_string();
+    let out = b.crictl(&["runp", &cfg]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AlreadyExists") && err.contains(&first), "{err}");
+    ok_stdout(&b.crictl(&["rmp", "-f", &first]), "crictl rmp");
+    let again = ok_stdout(&b.crictl(&["runp", &cfg]), "crictl runp after removal")
+        .trim()
+        .to_string();
+    ok_stdout(&b.crictl(&["rmp", "-f", &again]), "crictl rmp");
+}
+
+#[test]
+fn containers_survive_kill_9_of_berthd_and_stay_manageable() {
+    let mut b = start_berthd();
+    let dir = b.dir.path().to_path_buf();
+    let pod_cfg = pod_json(&dir, "survivor");
+    let pod = ok_stdout(&b.crictl(&["runp", &pod_cfg]), "crictl runp")
+        .trim()
+        .to_string();
+    let long = run_container(&b, &dir, &pod, &pod_cfg, "long", "exec sleep 1000");
+    let short = run_container(&b, &dir, &pod, &pod_cfg, "short", "sleep 2; exit 7");
+
+    b.stop_with(Signal::SIGKILL, Duration::from_secs(5));
+    // `short` exits while no berthd runs.
+    std::thread::sleep(Duration::from_secs(3));
+    let config = b.dir.path().join("config.toml");
+    let log = std::fs::File::create(b.dir.path().join("second.log")).unwrap();
+    b.child = Some(
+        std::process::Command::new(berth_integration::built("berthd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(b.root())
+            .arg("--state")
+            .arg(b.state())
+            .arg("--socket")
+            .arg(&b.socket)
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    b.wait_ready(Duration::from_secs(30)).unwrap();
+
+    let v = inspect(&b, &long);
+    assert_eq!(v["status"]["state"], "CONTAINER_RUNNING", "{v}");
+    let out = ok_stdout(
+        &b.crictl(&["exec", "-s", &long, "echo", "still here"]),
+        "exec after restart",
+    );
+    assert_eq!(out.trim(), "still here");
+    let v = wait_exited(&b, &short);
+    assert_eq!(v["status"]["exitCode"], 7, "{v}");
+    ok_stdout(&b.crictl(&["stop", "-t", "0", &long]), "stop after restart");
+    ok_stdout(&b.crictl(&["rmp", "-f", &pod]), "crictl rmp");
+}
