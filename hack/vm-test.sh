@@ -20,7 +20,9 @@
 #   BERTH_VM_CWD_SHARE rw (default) | ro | 0: mount the working directory at the same path in the guest
 #   BERTH_VM_KERNEL   pin a kernel ABI, e.g. 6.1.0-57-amd64 (default: newest linux-image-6.1.0-N-amd64, resolved
 #                     once and then kept; BERTH_VM_REFRESH=1 resolves again)
-#   BERTH_VM_MEM / BERTH_VM_SMP  guest memory in MiB (1024) / vCPUs (2); BERTH_VM_ACCEL (tcg,thread=multi)
+#   BERTH_VM_MEM / BERTH_VM_SMP  guest memory in MiB (1024) / vCPUs (2); BERTH_VM_ACCEL (tcg,thread=multi),
+#                     BERTH_VM_CPU (max)
+#   BERTH_VM_BOOT_TIMEOUT  seconds for the guest to start the job before the boot is killed and retried once (120)
 #   BERTH_VM_DEBUG=1  kernel messages and a traced init on stderr; BERTH_VM_KEEP=1 keeps the run's share dir
 #   BERTH_VM_QUIET=1  no timing line on stderr
 #
@@ -34,9 +36,11 @@ TIMEOUT=${BERTH_VM_TIMEOUT:-600}
 MEM=${BERTH_VM_MEM:-1024}
 SMP=${BERTH_VM_SMP:-2}
 ACCEL=${BERTH_VM_ACCEL:-tcg,thread=multi}
-BASE_MODULES="virtio_pci 9pnet_virtio 9p overlay veth bridge"
+BASE_MODULES="virtio_pci virtio_console 9pnet_virtio 9p overlay veth bridge"
 # Bump when the initramfs layout changes (it is part of the initramfs cache key).
-INITRD_FORMAT=1
+INITRD_FORMAT=3
+# Bump when the kernel cache dir's content changes.
+KERNEL_FORMAT=2
 
 log() { echo "berth-vm: $*" >&2; }
 die() { echo "berth-vm: error: $*" >&2; exit 125; }
@@ -73,7 +77,7 @@ apt_download() {
 	local dir=$1 pkg=$2 deb
 	# -o APT::Sandbox::User=root: the _apt user may not be able to write into DIR.
 	(cd "$dir" && apt_retry apt-get download -qq -o APT::Sandbox::User=root "$pkg") || die "apt-get download $pkg failed"
-	deb=$(ls -t "$dir"/"${pkg}"_*.deb 2>/dev/null | head -n1)
+	deb=$(find "$dir" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)
 	[ -n "$deb" ] || die "apt-get download $pkg left no .deb in $dir"
 	echo "$deb"
 }
@@ -83,11 +87,10 @@ apt_download() {
 # ---------------------------------------------------------------------------------------------------------------
 newest_kernel() {
 	local k
-	k=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' 2>/dev/null | awk '{print $1}' | sort -V | tail -n1)
-	if [ -z "$k" ]; then
-		apt_update
-		k=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -n1)
-	fi
+	# Only when nothing is cached yet (the choice is kept): refresh the lists first, or a machine with stale lists
+	# picks an old point release.
+	apt_update
+	k=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -n1)
 	[ -n "$k" ] || die "no linux-image-6.1.0-N-amd64 package known to apt"
 	echo "${k#linux-image-}"
 }
@@ -95,41 +98,56 @@ newest_kernel() {
 # extract_vmlinux VMLINUZ OUT: the uncompressed ELF from the XZ payload of a bzImage (for qemu's PVH entry).
 extract_vmlinux() {
 	local z=$1 out=$2 off
-	off=$(LC_ALL=C grep -obUaP '\xfd\x37\x7a\x58\x5a\x00' "$z" | head -n1 | cut -d: -f1) || true
-	[ -n "$off" ] || { log "no XZ payload in $z: booting the bzImage"; return 1; }
-	tail -c +$((off + 1)) "$z" | xz -dc --single-stream > "$out.tmp" 2>/dev/null || { rm -f "$out.tmp"; return 1; }
-	[ "$(head -c 4 "$out.tmp" | od -An -c | tr -d ' ')" = '177ELF' ] || { rm -f "$out.tmp"; return 1; }
-	mv "$out.tmp" "$out"
+	# Every XZ magic in the file is a candidate (normally the first one is the payload).
+	for off in $(LC_ALL=C grep -obUaP '\xfd\x37\x7a\x58\x5a\x00' "$z" | head -n 4 | cut -d: -f1); do
+		# (xz reads a process substitution, not a pipe: tail gets SIGPIPE when xz stops after the stream, and
+		# pipefail would call that a failure)
+		if xz -dc --single-stream < <(tail -c +$((off + 1)) "$z") > "$out.tmp" 2>/dev/null &&
+			[ "$(head -c 4 "$out.tmp" | od -An -c | tr -d ' ')" = '177ELF' ]; then
+			mv "$out.tmp" "$out"
+			return 0
+		fi
+	done
+	rm -f "$out.tmp"
+	return 1
 }
 
 prepare_kernel() {
 	if [ -n "${BERTH_VM_KERNEL:-}" ]; then
 		KVER=$BERTH_VM_KERNEL
 	elif [ -z "${BERTH_VM_REFRESH:-}" ] && [ -s "$CACHE/current-kernel" ] &&
-		[ -e "$CACHE/kernel/$(cat "$CACHE/current-kernel")/.ok" ]; then
+		[ -s "$CACHE/kernel/$(cat "$CACHE/current-kernel")/kernel.deb" ]; then
 		KVER=$(cat "$CACHE/current-kernel")
 	else
 		KVER=$(newest_kernel)
 	fi
 	KDIR=$CACHE/kernel/$KVER
-	if [ ! -e "$KDIR/.ok" ]; then
-		local deb x
-		log "fetching kernel linux-image-$KVER"
-		rm -rf "$KDIR"
+	# .ok holds the format of this directory: older ones are redone (from the kept .deb).
+	if [ "$(cat "$KDIR/.ok" 2>/dev/null)" != "$KERNEL_FORMAT" ]; then
+		local deb x m
+		rm -f "$KDIR/.ok"
 		mkdir -p "$KDIR"
-		deb=$(apt_download "$KDIR" "linux-image-$KVER")
-		mv "$deb" "$KDIR/kernel.deb"
+		if [ ! -s "$KDIR/kernel.deb" ]; then
+			log "fetching kernel linux-image-$KVER"
+			deb=$(apt_download "$KDIR" "linux-image-$KVER")
+			mv "$deb" "$KDIR/kernel.deb"
+		fi
 		x=$KDIR/x
+		rm -rf "$x"
 		dpkg-deb -x "$KDIR/kernel.deb" "$x"
 		cp "$x/boot/vmlinuz-$KVER" "$KDIR/vmlinuz"
 		cp "$x/boot/config-$KVER" "$KDIR/config"
 		grep -q '^CONFIG_NET_9P_VIRTIO=[ym]' "$KDIR/config" || die "kernel $KVER has no 9p over virtio"
-		# busybox depmod writes modules.dep (the package ships none); keep only that, not the 390 MB tree.
+		# busybox depmod writes modules.dep and modules.alias (the package ships neither) but no modules.softdep:
+		# take the softdep= strings out of the modules. Keep these lists, not the 390 MB tree.
+		m=$x/lib/modules/$KVER
 		"$BUSYBOX" depmod -b "$x" "$KVER"
-		cp "$x/lib/modules/$KVER/modules.dep" "$x/lib/modules/$KVER/modules.builtin" "$KDIR/"
+		cp "$m/modules.dep" "$m/modules.alias" "$m/modules.builtin" "$KDIR/"
+		(cd "$m" && LC_ALL=C grep -raoE --include='*.ko' 'softdep=[^[:cntrl:]]*' kernel) > "$KDIR/modules.softdep" || true
 		rm -rf "$x"
+		rm -f "$KDIR/vmlinux"
 		if extract_vmlinux "$KDIR/vmlinuz" "$KDIR/vmlinux"; then :; else log "could not extract vmlinux; using bzImage"; fi
-		touch "$KDIR/.ok"
+		echo "$KERNEL_FORMAT" > "$KDIR/.ok"
 	fi
 	echo "$KVER" > "$CACHE/current-kernel"
 }
@@ -156,31 +174,52 @@ prepare_busybox() {
 # ---------------------------------------------------------------------------------------------------------------
 # initramfs: busybox + /init + the needed modules, uncompressed (decompressing under TCG costs more than reading)
 # ---------------------------------------------------------------------------------------------------------------
-# module_closure NAME...: relative .ko paths, dependencies before dependants.
+# module_closure NAME...: relative .ko paths of the modules NAME (module names or aliases) with their dependencies
+# and soft dependencies, each after what it needs.
 module_closure() {
-	local -A path_of=() deps_of=() seen=()
-	local line key name
+	local -A path_of=() deps_of=() soft_of=() alias_of=() seen=()
+	local line key name a
 	while IFS= read -r line; do
 		key=${line%%:*}
 		name=${key##*/}
 		name=${name%.ko*}
-		name=${name//-/_}
-		path_of[$name]=$key
+		path_of[${name//-/_}]=$key
 		deps_of[$key]=${line#*:}
 	done < "$KDIR/modules.dep"
+	# "alias NAME MODULE" lines; only plain names matter here (e.g. crc32c -> crc32c_generic crc32c_intel).
+	while read -r _ a name; do
+		case "$a" in *[*?[]*) continue ;; esac
+		alias_of[${a//-/_}]+=" ${name//-/_}"
+	done < "$KDIR/modules.alias"
+	# "kernel/lib/libcrc32c.ko:softdep=pre: crc32c" (pre and post both go first: loading early is harmless)
+	while IFS= read -r line; do
+		key=${line%%:softdep=*}
+		a=${line#*:softdep=}
+		a=${a//pre:/}
+		soft_of[$key]+=" ${a//post:/}"
+	done < "$KDIR/modules.softdep"
+	resolve() { # NAME -> module names
+		local n=${1//-/_}
+		if [ -n "${path_of[$n]:-}" ]; then echo "$n"; else echo "${alias_of[$n]:-}"; fi
+	}
 	visit() {
-		local p=$1 d
+		local p=$1 d n
 		[ -z "${seen[$p]:-}" ] || return 0
 		seen[$p]=1
+		for d in ${soft_of[$p]:-}; do
+			for n in $(resolve "$d"); do [ -z "${path_of[$n]:-}" ] || visit "${path_of[$n]}"; done
+		done
 		for d in ${deps_of[$p]:-}; do visit "$d"; done
 		echo "$p"
 	}
-	local m
+	local m n found
 	for m in "$@"; do
-		m=${m//-/_}
-		if [ -n "${path_of[$m]:-}" ]; then
-			visit "${path_of[$m]}"
-		elif tr '-' '_' < "$KDIR/modules.builtin" | grep -qE "/${m}\.ko$"; then
+		found=
+		for n in $(resolve "$m"); do
+			[ -n "${path_of[$n]:-}" ] && { visit "${path_of[$n]}"; found=1; }
+		done
+		[ -n "$found" ] && continue
+		if tr '-' '_' < "$KDIR/modules.builtin" | grep -qE "/${m//-/_}\.ko$"; then
 			:	# built into the kernel
 		else
 			log "module $m is not a module of $KVER (built in?); skipped"
@@ -188,14 +227,29 @@ module_closure() {
 	done
 }
 
+# strip_module_signatures DIR: drop the appended signatures of DIR/**.ko. Checking the RSA signature costs ~0.07 s
+# per insmod under TCG (0.7 s for the base set); an unsigned module loads all the same (signatures are not enforced,
+# the kernel only sets taint flag E).
+strip_module_signatures() {
+	local f size siglen magic='~Module signature appended~'
+	while IFS= read -r f; do
+		size=$(stat -c %s "$f")
+		[ "$(tail -c 28 "$f" | head -c 27)" = "$magic" ] || continue
+		# struct module_signature (12 bytes) ends with the signature's length, big-endian.
+		siglen=$(tail -c 32 "$f" | head -c 4 | od -An -tu1 | awk '{ print (($1 * 256 + $2) * 256 + $3) * 256 + $4 }')
+		truncate -s $((size - 28 - 12 - siglen)) "$f"
+	done < <(find "$1" -name '*.ko')
+}
+
 prepare_initrd() {
 	local mods key stage m
 	mods="$BASE_MODULES ${BERTH_VM_MODULES:-}"
 	mods=$(echo "$mods" | tr ',:' '  ' | xargs -n1 | awk '!s[$0]++' | xargs)
-	key=$( { echo "format $INITRD_FORMAT kernel $KVER modules $mods"; sha256sum "$BUSYBOX" "$VMDIR/init" | cut -d' ' -f1; } |
+	key=$( { echo "format $INITRD_FORMAT/$KERNEL_FORMAT kernel $KVER modules $mods"; sha256sum "$BUSYBOX" "$VMDIR/init" | cut -d' ' -f1; } |
 		sha256sum | cut -c1-16)
 	INITRD=$CACHE/initrd/$key.cpio
-	[ -s "$INITRD" ] && return 0
+	# (touched on use: images of other keys unused for a day are deleted when a new one is built)
+	[ -s "$INITRD" ] && { touch "$INITRD"; return 0; }
 	log "building initramfs ($mods)"
 	mkdir -p "$CACHE/initrd"
 	stage=$(mktemp -d "$CACHE/initrd/stage.XXXXXX")
@@ -216,24 +270,23 @@ prepare_initrd() {
 		mknod -m 666 dev/null c 1 3
 		printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > etc/passwd
 		printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' > etc/group
+		ln -s /proc/self/mounts etc/mtab
+		mkdir -p var/tmp var/lib
+		ln -s /run var/run
 		printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tberth-vm\n' > etc/hosts
 		echo berth-vm > etc/hostname
 		# shellcheck disable=SC2086
 		module_closure $mods > etc/berth-vm/modules
-		local list
-		list=$(cat etc/berth-vm/modules)
-		if [ -n "$list" ]; then
-			# shellcheck disable=SC2086
-			dpkg-deb --fsys-tarfile "$KDIR/kernel.deb" |
-				tar -x -C "$stage" $(printf "./lib/modules/$KVER/%s " $list)
-		fi
+		local -a kos
+		mapfile -t kos < <(sed "s|^|./lib/modules/$KVER/|" etc/berth-vm/modules)
+		[ ${#kos[@]} -eq 0 ] || dpkg-deb --fsys-tarfile "$KDIR/kernel.deb" | tar -x -C "$stage" "${kos[@]}"
+		strip_module_signatures "lib/modules/$KVER"
 		"$BUSYBOX" depmod -b "$stage" "$KVER"
 		find . -mindepth 1 | LC_ALL=C sort | "$BUSYBOX" cpio -o -H newc > "$INITRD.tmp" 2>/dev/null
 	) || { rm -rf "$stage" "$INITRD.tmp"; die "building the initramfs failed"; }
 	rm -rf "$stage"
 	mv "$INITRD.tmp" "$INITRD"
-	# Old initramfs images of other keys are small, but do not let them pile up.
-	find "$CACHE/initrd" -name '*.cpio' ! -name "$key.cpio" -mtime +30 -delete 2>/dev/null || true
+	find "$CACHE/initrd" -name '*.cpio' ! -name "$key.cpio" -mtime +0 -delete 2>/dev/null || true
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,6 +306,8 @@ exec 9>&-
 # The run's share: job, copied files, results
 # ---------------------------------------------------------------------------------------------------------------
 mkdir -p "$CACHE/runs"
+# Share dirs of runs that were SIGKILLed.
+find "$CACHE/runs" -mindepth 1 -maxdepth 1 -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
 RUN=$(mktemp -d "$CACHE/runs/run.XXXXXX")
 SHARE=$RUN/share
 mkdir -p "$SHARE/root"
@@ -349,41 +404,84 @@ case "$BIN" in */target/*/deps/*) TARGET_TMPDIR=${BIN%/*/deps/*}/tmp ;; esac
 # qemu option values: a comma is written twice.
 qv() { echo "${1//,/,,}"; }
 
-# The serial ports go through FIFOs relayed by cat, never straight to our stdio: qemu's stdio chardev sets
-# O_NONBLOCK on the shared file description, which makes cargo's (or a CI log writer's) writes fail with EAGAIN.
-mkfifo "$RUN/out" "$RUN/err"
+# Guest output: hvc0 (virtio console) = the binary's stdout, hvc1 = its stderr, ttyS0 = the kernel console and
+# init's messages, kept in $RUN/console.log and shown when the VM fails (streamed live with BERTH_VM_DEBUG=1). A
+# 16550 under TCG moves only ~200 KB/s; the virtio consoles are ~20x faster. Each goes through a FIFO relayed by cat,
+# never straight to our stdio: qemu's stdio chardev sets O_NONBLOCK on the shared file description, which makes
+# cargo's (or a CI log writer's) next write fail with EAGAIN.
+mkfifo "$RUN/out" "$RUN/err" "$RUN/log"
+BOOT_TIMEOUT=${BERTH_VM_BOOT_TIMEOUT:-120}
 
-# run_vm KERNEL_IMAGE: boots once; sets VM_RC (qemu's exit, 124 on timeout) and VM_SECS.
+# run_vm KERNEL_IMAGE: boots once; sets VM_RC (qemu's exit; 124 on timeout, 123 when the job had not started after
+# BOOT_TIMEOUT seconds) and VM_SECS.
 run_vm() {
 	local kimg=$1 append t0
-	append="console=ttyS1 panic=-1 oops=panic cgroup_no_v1=all mitigations=off tsc=reliable no_timer_check"
+	append="console=ttyS0 panic=-1 oops=panic cgroup_no_v1=all mitigations=off tsc=reliable no_timer_check"
 	append+=" i8042.noaux i8042.nokbd i8042.nopnp"
-	if [ -n "${BERTH_VM_DEBUG:-}" ]; then append+=" loglevel=7 berth.debug=1"; else append+=" quiet loglevel=1"; fi
+	# quiet: the console gets KERN_ERR and worse (panics, oopses, OOM kills, lockups, RCU stalls).
+	if [ -n "${BERTH_VM_DEBUG:-}" ]; then append+=" loglevel=7 berth.debug=1"; else append+=" quiet"; fi
+	# shellcheck disable=SC2054 # (commas inside qemu option values)
 	local qemu=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
-		-accel "$ACCEL" -cpu max -m "$MEM" -smp "$SMP"
+		-accel "$ACCEL" -cpu "${BERTH_VM_CPU:-max}" -m "$MEM" -smp "$SMP"
 		-kernel "$(qv "$kimg")" -initrd "$(qv "$INITRD")" -append "$append"
-		-chardev "file,id=out,path=$(qv "$RUN/out")" -serial chardev:out
-		-chardev "file,id=err,path=$(qv "$RUN/err")" -serial chardev:err
+		-chardev "file,id=log,path=$(qv "$RUN/log")" -serial chardev:log
+		-device virtio-serial-pci,max_ports=2
+		-chardev "file,id=out,path=$(qv "$RUN/out")" -device virtconsole,chardev=out
+		-chardev "file,id=err,path=$(qv "$RUN/err")" -device virtconsole,chardev=err
 		-virtfs "local,path=$(qv "$SHARE"),mount_tag=host0,security_model=none")
 	[ "$CWD_SHARE" = 0 ] || qemu+=(-virtfs "local,path=$(qv "$PWD"),mount_tag=cwd,security_model=none")
-	# Hold both FIFOs open read-write ourselves, so the relays' opens never block, and they see EOF once qemu is gone
+	# Hold the FIFOs open read-write ourselves, so the relays' opens never block, and they see EOF once qemu is gone
 	# and we close them, even if qemu never opened them.
-	exec 7<> "$RUN/out" 8<> "$RUN/err"
-	cat "$RUN/out" 7>&- 8>&- &
+	exec 5<> "$RUN/out" 6<> "$RUN/err" 7<> "$RUN/log"
+	cat "$RUN/out" 5>&- 6>&- 7>&- &
 	local cat_out=$!
-	cat "$RUN/err" 7>&- 8>&- >&2 &
+	cat "$RUN/err" 5>&- 6>&- 7>&- >&2 &
 	local cat_err=$!
+	if [ -n "${BERTH_VM_DEBUG:-}" ]; then
+		tee -a "$RUN/console.log" < "$RUN/log" 5>&- 6>&- 7>&- >&2 &
+	else
+		cat "$RUN/log" 5>&- 6>&- 7>&- >> "$RUN/console.log" &
+	fi
+	local cat_log=$!
 	t0=$(now)
-	set +e
-	timeout -k 10 "$TIMEOUT" "${qemu[@]}" </dev/null >&2 7>&- 8>&- &
+	timeout -k 10 "$TIMEOUT" "${qemu[@]}" </dev/null >&2 5>&- 6>&- 7>&- &
 	QPID=$!
+	# Boot watchdog: a TCG guest on a loaded host has been seen to hang in boot, rarely; such a boot is killed
+	# (and retried by the caller) instead of eating the whole BERTH_VM_TIMEOUT.
+	local booted='' start=$SECONDS
+	while [ -z "$booted" ] && kill -0 "$QPID" 2>/dev/null; do
+		if [ -e "$SHARE/started" ]; then
+			booted=1
+		else
+			if [ $((SECONDS - start)) -ge "$BOOT_TIMEOUT" ]; then
+				log "the guest did not start the job within ${BOOT_TIMEOUT}s (BERTH_VM_BOOT_TIMEOUT); killing it"
+				kill "$QPID" 2>/dev/null || true
+				booted=hung
+			else
+				sleep 0.1
+			fi
+		fi
+	done
+	set +e
 	wait "$QPID"
 	VM_RC=$?
 	set -e
+	[ "$booted" != hung ] || VM_RC=123
 	QPID=
 	VM_SECS=$(elapsed "$t0" "$(now)")
-	exec 7>&- 8>&-
-	wait "$cat_out" "$cat_err" 2>/dev/null || true
+	exec 5>&- 6>&- 7>&-
+	wait "$cat_out" "$cat_err" "$cat_log" 2>/dev/null || true
+}
+
+show_console_log() {
+	[ -z "${BERTH_VM_DEBUG:-}" ] || return 0	# it was streamed
+	if [ -s "$RUN/console.log" ]; then
+		log "guest console (kernel errors, init messages), last 60 lines:"
+		tail -n 60 "$RUN/console.log" | sed 's/^/  | /' >&2
+	else
+		log "the guest console is empty (no kernel error reported)"
+	fi
+	: > "$RUN/console.log"
 }
 
 KIMG=$KDIR/vmlinuz
@@ -391,10 +489,16 @@ PVH=0
 if [ -s "$KDIR/vmlinux" ] && [ ! -e "$KDIR/pvh-broken" ]; then KIMG=$KDIR/vmlinux; PVH=1; fi
 T_PREP=$(elapsed "$T0" "$(now)")
 run_vm "$KIMG"
-if [ $PVH = 1 ] && [ ! -e "$SHARE/started" ] && [ "$VM_RC" != 124 ]; then
-	log "the VM did not come up from the ELF vmlinux (PVH entry, qemu exit $VM_RC); retrying with the bzImage"
-	run_vm "$KDIR/vmlinuz"
-	[ -e "$SHARE/started" ] && touch "$KDIR/pvh-broken"
+if [ ! -e "$SHARE/started" ] && [ "$VM_RC" != 124 ]; then
+	show_console_log
+	if [ $PVH = 1 ] && [ "$VM_RC" != 123 ]; then
+		log "the VM did not come up from the ELF vmlinux (PVH entry, qemu exit $VM_RC); retrying with the bzImage"
+		KIMG=$KDIR/vmlinuz
+	else
+		log "retrying the boot once"
+	fi
+	run_vm "$KIMG"
+	if [ -e "$SHARE/started" ] && [ $PVH = 1 ] && [ "$KIMG" = "$KDIR/vmlinuz" ]; then touch "$KDIR/pvh-broken"; fi
 fi
 
 timing=
@@ -407,11 +511,12 @@ if [ -s "$SHARE/exitcode" ]; then
 	[ -n "${BERTH_VM_QUIET:-}" ] || log "$(basename "$BIN") exited $rc; prep ${T_PREP}s, VM ${VM_SECS}s$timing"
 	exit "$rc"
 fi
+show_console_log
 if [ "$VM_RC" = 124 ]; then
 	log "error: timed out after ${TIMEOUT}s (BERTH_VM_TIMEOUT); the test $([ -e "$SHARE/started" ] && echo "was running" || echo "had not started")"
 	exit 124
 fi
 if [ -e "$SHARE/started" ]; then
-	die "the test started but its exit code never came back (guest crash or panic? qemu exit $VM_RC; rerun with BERTH_VM_DEBUG=1)"
+	die "the test started but its exit code never came back (guest crash or panic? qemu exit $VM_RC; BERTH_VM_DEBUG=1 shows the whole kernel log)"
 fi
-die "the VM failed to boot or to run the test (qemu exit $VM_RC; rerun with BERTH_VM_DEBUG=1 for the kernel log)"
+die "the VM failed to boot or to run the test (qemu exit $VM_RC; BERTH_VM_DEBUG=1 shows the whole kernel log)"
