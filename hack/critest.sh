@@ -62,7 +62,7 @@ cleanup() {
 		kill -KILL "$berthd_pid" 2>/dev/null || true
 	fi
 	# Anything still mounted under the temp dir (pinned namespaces, rootfs) goes before the dir.
-	grep -o " ${tmp}[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+	{ grep -o " ${tmp}[^ ]*" /proc/self/mountinfo || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
 	if ((rc != 0)) || [[ ${BERTH_KEEP:-0} == 1 ]]; then
 		log "logs kept in $tmp (berthd.log, critest.log, report.json, passed.txt)"
 	else

@@ -103,11 +103,23 @@ pub async fn start_services(config: Config) -> anyhow::Result<Arc<Services>> {
     .context("opening the image store")?;
     let lifecycle = Lifecycle::new(store, plugins.clone(), events, config.clone());
     lifecycle.recover().await.context("recovering the previous state")?;
+    // Layers a crash left between their commit and their image's record.
+    if let Err(e) = images.gc().await {
+        warn!("image garbage collection at start failed: {e}");
+    }
+    let streaming = berth_streaming::StreamingServer::start(
+        &config.streaming,
+        Arc::new(crate::streaming::Backend(lifecycle.clone())),
+    )
+    .await
+    .context("starting the streaming server")?;
+    info!(url = %streaming.base_url(), "streaming server listening");
     Ok(Arc::new(Services {
         config,
         plugins,
         lifecycle,
         images,
+        streaming: Arc::new(streaming),
     }))
 }
 

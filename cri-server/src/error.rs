@@ -24,6 +24,8 @@ pub enum CriError {
     Unauthenticated(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error(transparent)]
@@ -43,6 +45,7 @@ impl From<CriError> for Status {
             CriError::Unimplemented(_) => Code::Unimplemented,
             CriError::Unauthenticated(_) => Code::Unauthenticated,
             CriError::Unavailable(_) => Code::Unavailable,
+            CriError::ResourceExhausted(_) => Code::ResourceExhausted,
             CriError::Plugin(p) => match p {
                 PluginError::InvalidArgument(_) => Code::InvalidArgument,
                 PluginError::NotFound(_) => Code::NotFound,

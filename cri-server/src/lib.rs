@@ -23,4 +23,5 @@ pub mod service;
 pub mod spec;
 pub mod stats;
 pub mod status;
+pub mod streaming;
 pub mod version;

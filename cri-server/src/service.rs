@@ -18,6 +18,7 @@ pub struct Services {
     pub plugins: Plugins,
     pub lifecycle: Lifecycle,
     pub images: berth_images::ImageStore,
+    pub streaming: Arc<berth_streaming::StreamingServer>,
 }
 
 /// Wraps a handler result for tonic.
@@ -151,6 +152,18 @@ impl RuntimeService for Runtime {
         reply(crate::exec_sync::handle(&self.0.lifecycle, req.into_inner()).await)
     }
 
+    async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        reply(crate::streaming::exec(&self.0.lifecycle, &self.0.streaming, req.into_inner()))
+    }
+
+    async fn attach(&self, req: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        reply(crate::streaming::attach(&self.0.lifecycle, &self.0.streaming, req.into_inner()))
+    }
+
+    async fn port_forward(&self, req: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
+        reply(crate::streaming::port_forward(&self.0.lifecycle, &self.0.streaming, req.into_inner()))
+    }
+
     async fn container_stats(&self, req: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
         reply(crate::stats::container(&self.0.lifecycle, req.into_inner()).await)
     }
@@ -212,9 +225,6 @@ impl RuntimeService for Runtime {
     type StreamPodSandboxMetricsStream = Stream<StreamPodSandboxMetricsResponse>;
 }
 not_yet "RuntimeService" {
-        exec(ExecRequest) -> ExecResponse = "Exec";
-        attach(AttachRequest) -> AttachResponse = "Attach";
-        port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
         update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";
         stream_pod_sandboxes(StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";

@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, setsockopt, socket, sockopt};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, connect, setsockopt, socket, sockopt};
 use nix::sys::time::TimeVal;
 
 use crate::protocol::{Reply, Request, recv_message, send_message};
@@ -42,7 +42,7 @@ pub fn call(socket_path: &Path, request: &Request, timeout: Duration) -> Result<
         source,
     };
     let sock = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(io)?;
-    let addr = UnixAddr::new(socket_path).map_err(io)?;
+    let (addr, _dir) = crate::protocol::socket_addr(socket_path).map_err(io)?;
     connect(sock.as_raw_fd(), &addr).map_err(|source| ClientError::Connect {
         path: socket_path.to_path_buf(),
         source,

@@ -194,3 +194,50 @@ pub(crate) fn adopt(fd: RawFd) -> OwnedFd {
     // SAFETY: `fd` was just received via SCM_RIGHTS, so it is open and owned by no one else in this process.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// The most bytes of a path that fit in `sockaddr_un.sun_path` with its NUL.
+const SUN_PATH_MAX: usize = 107;
+
+/// A socket address for `path`, which may be longer than `sun_path` allows (a deep state directory, e.g.
+/// a test's temp dir, plus a 64-hex pod id): then it names the socket through `/proc/self/fd/<dir>/<name>`,
+/// with the directory held open (O_PATH) for as long as the returned fd lives — keep it until bind/connect
+/// returns.
+pub fn socket_addr(path: &std::path::Path) -> nix::Result<(nix::sys::socket::UnixAddr, Option<OwnedFd>)> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().len() <= SUN_PATH_MAX {
+        return Ok((nix::sys::socket::UnixAddr::new(path)?, None));
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(nix::errno::Errno::ENAMETOOLONG);
+    };
+    let dirfd = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).join(name);
+    Ok((nix::sys::socket::UnixAddr::new(&short)?, Some(dirfd)))
+}
+
+#[cfg(test)]
+mod socket_addr_tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_deeper_than_sun_path_still_binds_and_connects() {
+        use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, bind, connect, listen, socket};
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("x".repeat(60)).join("y".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let path = deep.join("shim.sock");
+        assert!(path.as_os_str().len() > SUN_PATH_MAX);
+        let l = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        let (addr, _dir) = socket_addr(&path).unwrap();
+        bind(l.as_raw_fd(), &addr).unwrap();
+        listen(&l, Backlog::new(4).unwrap()).unwrap();
+        assert!(path.exists(), "the socket is created at its real path");
+        let c = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        let (addr, _dir) = socket_addr(&path).unwrap();
+        connect(c.as_raw_fd(), &addr).unwrap();
+    }
+}

@@ -11,7 +11,7 @@ use berth_core::plugin::isolation::{ContainerState, ExitStatus, ProcessState};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept4, bind, listen, socket};
+use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, accept4, bind, listen, socket};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -173,7 +173,8 @@ impl Shim {
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             None,
         )?;
-        bind(listener.as_raw_fd(), &UnixAddr::new(&socket_path)?)?;
+        let (addr, _dir) = crate::protocol::socket_addr(&socket_path)?;
+        bind(listener.as_raw_fd(), &addr)?;
         listen(&listener, Backlog::new(64).unwrap_or(Backlog::MAXCONN))?;
         write_atomic(&dir.join("shim.pid"), std::process::id().to_string().as_bytes())?;
         let restrict = args.restrict_oom;
