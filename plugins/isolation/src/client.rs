@@ -42,7 +42,11 @@ pub fn call(socket_path: &Path, request: &Request, timeout: Duration) -> Result<
         source,
     };
     let sock = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(io)?;
-    let (addr, _dir) = crate::protocol::socket_addr(socket_path).map_err(io)?;
+    // A missing pod directory (long paths are reached through it) means no shim, like a missing socket.
+    let (addr, _dir) = crate::protocol::socket_addr(socket_path).map_err(|source| ClientError::Connect {
+        path: socket_path.to_path_buf(),
+        source,
+    })?;
     connect(sock.as_raw_fd(), &addr).map_err(|source| ClientError::Connect {
         path: socket_path.to_path_buf(),
         source,
