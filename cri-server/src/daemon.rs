@@ -123,6 +123,33 @@ pub async fn start_services(config: Config) -> anyhow::Result<Arc<Services>> {
     }))
 }
 
+/// `berthd images import FILE`: the store, the configured snapshotter and the image store, without serving.
+pub async fn import_images(config: Config, file: &Path) -> anyhow::Result<Vec<berth_core::model::Image>> {
+    config.validate()?;
+    create_private_dir(&config.root)?;
+    let store = Store::open(&config.store_path()).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (is a berthd running on {}? stop it first: the store has one writer)",
+            config.root.display()
+        )
+    })?;
+    let mut registry = Registry::new();
+    crate::builtin::register(&mut registry)?;
+    let config = Arc::new(config);
+    let ctx = InitContext {
+        config: config.clone(),
+        store: store.clone(),
+        events: EventBus::default(),
+    };
+    let plugins = registry.build(&ctx)?;
+    let images = berth_images::ImageStore::new(
+        berth_images::ImageStoreConfig::from_config(&config),
+        store,
+        plugins.snapshotter.clone(),
+    )?;
+    Ok(images.import(file).await?)
+}
+
 /// How long in-flight calls get to finish after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -38,6 +38,21 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Image helpers.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Imports an OCI image-layout tar or a `docker save` tar (air-gapped nodes), into the store of a stopped
+    /// berthd (the metadata store has one writer).
+    Import {
+        /// The tar file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +109,26 @@ fn main() -> ExitCode {
         return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     init_logging(&config);
+    if let Some(Command::Images {
+        command: ImagesCommand::Import { file },
+    }) = &cli.command
+    {
+        return match tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(berth_cri::daemon::import_images(config, file)))
+        {
+            Ok(images) => {
+                for i in images {
+                    println!("{} {}", i.id, i.repo_tags.join(" "));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("berthd: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
