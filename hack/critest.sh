@@ -52,6 +52,9 @@ if ((images)); then
 fi
 
 tmp=$(mktemp -d /tmp/berth-critest.XXXXXX)
+# Host objects of this run, removed at exit: a bridge and CIDR of its own, a cgroup parent of its own.
+bridge=bcrit$$
+cgroup_parent=/berth-critest-$$
 sock=$tmp/berth.sock
 berthd_pid=""
 cleanup() {
@@ -61,6 +64,10 @@ cleanup() {
 		for _ in $(seq 100); do kill -0 "$berthd_pid" 2>/dev/null || break; sleep 0.1; done
 		kill -KILL "$berthd_pid" 2>/dev/null || true
 	fi
+	# Shims of pods critest left outlive berthd by design; these are this run's (they name its state dir).
+	pkill -KILL -f -- "--state $tmp/state" 2>/dev/null || true
+	sleep 0.2
+	"$HACK/cleanup-host.sh" "$bridge" "$cgroup_parent"
 	# Anything still mounted under the temp dir (pinned namespaces, rootfs) goes before the dir.
 	{ grep -o " ${tmp}[^ ]*" /proc/self/mountinfo || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
 	if ((rc != 0)) || [[ ${BERTH_KEEP:-0} == 1 ]]; then
@@ -77,10 +84,10 @@ cat >"$tmp/config.toml" <<TOML
 [registry]
 config_path = "$tmp/certs.d"
 [bridge]
-bridge = "bcrit$((RANDOM % 10000))"
-cidr = "10.89.0.0/16"
+bridge = "$bridge"
+cidr = "10.$((90 + RANDOM % 10)).$((RANDOM % 250)).0/24"
 [cgroups]
-default_parent = "/berth-critest-$$"
+default_parent = "$cgroup_parent"
 TOML
 RUST_LOG=${RUST_LOG:-info} "$berthd" --config "$tmp/config.toml" --root "$tmp/root" --state "$tmp/state" \
 	--socket "$sock" >"$tmp/berthd.log" 2>&1 &

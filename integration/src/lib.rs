@@ -57,6 +57,9 @@ pub struct BerthdOptions {
 /// A berthd child on a temp root, state and socket; stopped (SIGTERM, then SIGKILL) and cleaned on drop.
 pub struct Berthd {
     pub child: Option<Child>,
+    /// The bridge and cgroup parent this berthd was given, removed at drop.
+    pub bridge: String,
+    pub cgroup_parent: String,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub log: PathBuf,
@@ -73,14 +76,12 @@ impl Berthd {
 
     /// The config every test berthd gets: private names for what it creates on the host (bridge, CIDR,
     /// cgroups), and the local registry as the mirror of every upstream registry the tests name.
-    pub fn base_config(dir: &Path) -> String {
+    pub fn base_config(dir: &Path, bridge: &str, cgroup_parent: &str) -> String {
         let n = rand_u32();
         format!(
-            "[bridge]\nbridge = \"{}\"\ncidr = \"10.{}.{}.0/24\"\n[cgroups]\ndefault_parent = \"/{}\"\n{}",
-            unique("bt"),
+            "[bridge]\nbridge = \"{bridge}\"\ncidr = \"10.{}.{}.0/24\"\n[cgroups]\ndefault_parent = \"{cgroup_parent}\"\n{}",
             100 + (n % 100),
             (n >> 8) % 250,
-            unique("berth-it-"),
             mirror_config(dir)
         )
     }
@@ -90,7 +91,8 @@ impl Berthd {
         let dir = tempfile::Builder::new().prefix("berth-it").tempdir()?;
         let socket = dir.path().join("berth.sock");
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, format!("{}{}", Self::base_config(dir.path()), opts.config))?;
+        let (bridge, cgroup_parent) = (unique("bt"), format!("/{}", unique("berth-it-")));
+        std::fs::write(&config, format!("{}{}", Self::base_config(dir.path(), &bridge, &cgroup_parent), opts.config))?;
         let log = dir.path().join("berthd.log");
         let child = Command::new(built("berthd"))
             .arg("--config")
@@ -110,6 +112,8 @@ impl Berthd {
             .context("spawn berthd")?;
         Ok(Berthd {
             child: Some(child),
+            bridge,
+            cgroup_parent,
             dir,
             socket,
             log,
@@ -200,6 +204,37 @@ impl Drop for Berthd {
         {
             eprintln!("berthd was killed at teardown; its log:\n{}", self.log_text());
         }
+        // Shims of pods the test did not remove outlive berthd by design: they are this test's, by state dir.
+        kill_shims_of(&self.state());
+        // What a berthd keeps across restarts by design: remove it with the test.
+        let _ = Command::new(repo_root().join("hack/cleanup-host.sh")).args([&self.bridge, &self.cgroup_parent]).status();
+        // Pinned namespaces and rootfs mounts of pods the test did not remove.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.dir.path().display().to_string();
+        let mut ours: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// SIGKILLs every process whose command line names `state` (the shims a berthd started there).
+pub fn kill_shims_of(state: &Path) {
+    let needle = state.display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.windows(2).any(|w| w[0] == b"--state" && w[1] == needle.as_bytes()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }
 
@@ -278,4 +313,27 @@ pub fn mirror_config(dir: &Path) -> String {
         .expect("mirror-config.sh");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     format!("[registry]\nconfig_path = \"{}\"\n", certs.display())
+}
+
+impl Berthd {
+    /// Starts a new berthd on this one's config, root, state and socket (after a kill, say) and waits until
+    /// it answers; its log goes to `<dir>/<log_name>`.
+    pub fn respawn(&mut self, log_name: &str) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.path().join(log_name))?;
+        self.child = Some(
+            Command::new(built("berthd"))
+                .arg("--config")
+                .arg(self.dir.path().join("config.toml"))
+                .arg("--root")
+                .arg(self.root())
+                .arg("--state")
+                .arg(self.state())
+                .arg("--socket")
+                .arg(&self.socket)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?,
+        );
+        self.wait_ready(Duration::from_secs(30))
+    }
 }

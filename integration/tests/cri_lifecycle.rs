@@ -276,23 +276,7 @@ fn containers_survive_kill_9_of_berthd_and_stay_manageable() {
     b.stop_with(Signal::SIGKILL, Duration::from_secs(5));
     // `short` exits while no berthd runs.
     std::thread::sleep(Duration::from_secs(3));
-    let config = b.dir.path().join("config.toml");
-    let log = std::fs::File::create(b.dir.path().join("second.log")).unwrap();
-    b.child = Some(
-        std::process::Command::new(berth_integration::built("berthd"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--root")
-            .arg(b.root())
-            .arg("--state")
-            .arg(b.state())
-            .arg("--socket")
-            .arg(&b.socket)
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    b.wait_ready(Duration::from_secs(30)).unwrap();
+    b.respawn("second.log").unwrap();
 
     let v = inspect(&b, &long);
     assert_eq!(v["status"]["state"], "CONTAINER_RUNNING", "{v}");

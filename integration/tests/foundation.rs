@@ -92,21 +92,7 @@ fn a_stale_socket_file_is_replaced() {
     // SIGKILL leaves the socket file behind, with nobody listening.
     b.stop_with(Signal::SIGKILL, Duration::from_secs(5));
     assert!(b.socket.exists());
-    let log = std::fs::File::create(b.dir.path().join("second.log")).unwrap();
-    let second = Command::new(built("berthd"))
-        .arg("--config")
-        .arg(b.dir.path().join("config.toml"))
-        .arg("--root")
-        .arg(b.root())
-        .arg("--state")
-        .arg(b.state())
-        .arg("--socket")
-        .arg(&b.socket)
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    b.child = Some(second);
-    b.wait_ready(Duration::from_secs(30)).unwrap();
+    b.respawn("second.log").unwrap();
     ok_stdout(&b.crictl(&["version"]), "crictl version on the replaced socket");
 }
 

@@ -75,21 +75,7 @@ fn berthd_images_import_takes_an_oci_archive() {
         .unwrap();
     let printed = ok_stdout(&out, "berthd images import");
     assert!(printed.contains("docker.io/library/busybox:imported"), "{printed}");
-    b.child = Some(
-        Command::new(built("berthd"))
-            .arg("--config")
-            .arg(b.dir.path().join("config.toml"))
-            .arg("--root")
-            .arg(b.root())
-            .arg("--state")
-            .arg(b.state())
-            .arg("--socket")
-            .arg(&b.socket)
-            .stderr(std::fs::File::create(b.dir.path().join("served.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    b.wait_ready(std::time::Duration::from_secs(30)).unwrap();
+    b.respawn("served.log").unwrap();
     let images = ok_stdout(&b.crictl(&["images"]), "crictl images");
     assert!(
         images.contains("docker.io/library/busybox") && images.contains("imported"),
