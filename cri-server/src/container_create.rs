@@ -111,6 +111,7 @@ pub async fn handle(
     let defaults = SpecDefaults {
         pids_limit: (lifecycle.config().cgroups.pids_limit > 0).then_some(lifecycle.config().cgroups.pids_limit),
         cap_last_cap: cap_last_cap(),
+        cap_bounding: cap_bounding(),
         ..SpecDefaults::default()
     };
     let built = spec::build_container(&input, &defaults, &FsHost { seccomp })?;
@@ -167,6 +168,19 @@ fn target_pid_namespace(lifecycle: &Lifecycle, config: &crate::api::ContainerCon
         )));
     }
     Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.runtime.pid))))
+}
+
+/// This daemon's bounding set (all bits when it cannot be read).
+fn cap_bounding() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .unwrap_or(u64::MAX)
 }
 
 fn cap_last_cap() -> u32 {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use berth_core::Lifecycle;
-use berth_core::model::{ContainerState, PodState};
+use berth_core::model::{Container, ContainerState, PodState};
 use berth_core::plugin::PluginResult;
 use berth_core::plugin::isolation::{ExecSpec, ExitStatus, ProcessIo};
 use berth_streaming::{RequestError, StreamBackend, StreamingServer, TerminalSize};
@@ -57,7 +57,7 @@ fn url_error(e: RequestError) -> CriError {
     }
 }
 
-fn running_container(lifecycle: &Lifecycle, id: &str) -> CriResult<String> {
+fn running_container(lifecycle: &Lifecycle, id: &str) -> CriResult<Container> {
     let c = lifecycle.find_container(id)?;
     if c.state != ContainerState::Running {
         return Err(CriError::FailedPrecondition(format!(
@@ -65,11 +65,11 @@ fn running_container(lifecycle: &Lifecycle, id: &str) -> CriResult<String> {
             c.id
         )));
     }
-    Ok(c.id)
+    Ok(c)
 }
 
 pub fn exec(lifecycle: &Lifecycle, server: &StreamingServer, req: ExecRequest) -> CriResult<ExecResponse> {
-    let id = running_container(lifecycle, &req.container_id)?;
+    let id = running_container(lifecycle, &req.container_id)?.id;
     let url = server
         .exec_url(berth_streaming::ExecRequest {
             container_id: id,
@@ -84,14 +84,18 @@ pub fn exec(lifecycle: &Lifecycle, server: &StreamingServer, req: ExecRequest) -
 }
 
 pub fn attach(lifecycle: &Lifecycle, server: &StreamingServer, req: AttachRequest) -> CriResult<AttachResponse> {
-    let id = running_container(lifecycle, &req.container_id)?;
+    let c = running_container(lifecycle, &req.container_id)?;
+    // The isolation plugin closes a stdin_once container's stdin when the first attach's stdin ends (not with
+    // a tty); the session then follows the output to its end instead of detaching.
+    let stdin_once = c.runtime.stdin_once && !c.runtime.tty;
     let url = server
         .attach_url(berth_streaming::AttachRequest {
-            container_id: id,
+            container_id: c.id,
             tty: req.tty,
             stdin: req.stdin,
             stdout: req.stdout,
             stderr: req.stderr,
+            stdin_once,
         })
         .map_err(url_error)?;
     Ok(AttachResponse { url })

@@ -92,7 +92,14 @@ impl Berthd {
         let socket = dir.path().join("berth.sock");
         let config = dir.path().join("config.toml");
         let (bridge, cgroup_parent) = (unique("bt"), format!("/{}", unique("berth-it-")));
-        std::fs::write(&config, format!("{}{}", Self::base_config(dir.path(), &bridge, &cgroup_parent), opts.config))?;
+        std::fs::write(
+            &config,
+            format!(
+                "{}{}",
+                Self::base_config(dir.path(), &bridge, &cgroup_parent),
+                opts.config
+            ),
+        )?;
         let log = dir.path().join("berthd.log");
         let child = Command::new(built("berthd"))
             .arg("--config")
@@ -207,12 +214,17 @@ impl Drop for Berthd {
         // Shims of pods the test did not remove outlive berthd by design: they are this test's, by state dir.
         kill_shims_of(&self.state());
         // What a berthd keeps across restarts by design: remove it with the test.
-        let _ = Command::new(repo_root().join("hack/cleanup-host.sh")).args([&self.bridge, &self.cgroup_parent]).status();
+        let _ = Command::new(repo_root().join("hack/cleanup-host.sh"))
+            .args([&self.bridge, &self.cgroup_parent])
+            .status();
         // Pinned namespaces and rootfs mounts of pods the test did not remove.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let dir = self.dir.path().display().to_string();
-        let mut ours: Vec<&str> =
-            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).collect();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
         ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in ours {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);

@@ -23,7 +23,7 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 
 /// Copies a process's output to `out` until EOF (EIO on a pty master whose slave is closed), the client
 /// goes away, or, once `exited` turns true, the output stays silent for `drain_idle` (a background child
-/// may hold the pipe open forever). Half-closes `out` at the end.
+/// may hold the pipe open forever); a zero `drain_idle` stops at once. Half-closes `out` at the end.
 pub(crate) async fn copy_output(
     fd: OwnedFd,
     mut out: Box<dyn OutStream>,
@@ -45,6 +45,9 @@ pub(crate) async fn copy_output(
                 tokio::select! {
                     read = rx.read(&mut buf) => read,
                     _ = async { let _ = exited.wait_for(|e| *e).await; } => {
+                        if drain_idle.is_zero() {
+                            return Ok(());
+                        }
                         is_exited = true;
                         continue;
                     }

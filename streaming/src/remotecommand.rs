@@ -255,7 +255,12 @@ async fn pump(
         if let Some(fd) = fd
             && let Some(out) = slot.take()
         {
-            outputs.push(tokio::spawn(copy_output(fd, out, exited_rx.clone(), DRAIN_IDLE)));
+            // An attach's outputs are only told to stop when the client detaches: no draining then.
+            let drain_idle = match command {
+                Command::Exec(_) => DRAIN_IDLE,
+                Command::Attach(_) => Duration::ZERO,
+            };
+            outputs.push(tokio::spawn(copy_output(fd, out, exited_rx.clone(), drain_idle)));
         }
     }
     let outcome = match command {
@@ -280,14 +285,38 @@ async fn pump(
                 _ = disconnected => None,
             }
         }
-        Command::Attach(_) => {
-            // Attach ends with the container's output, or with stdin when no output was asked for.
+        Command::Attach(r) => {
+            // Attach ends with the container's output, or when the client's stdin ends (it detaches), except
+            // with stdin_once: the container's stdin is closed then, and its output runs to the end.
+            let detach_on_stdin_end = !r.stdin_once || outputs.is_empty();
+            let nothing = outputs.is_empty() && stdin_task.is_none();
             let finished = async {
-                if outputs.is_empty() {
-                    if let Some(task) = stdin_task.as_mut() {
+                let outputs_done = async {
+                    if outputs.is_empty() {
+                        std::future::pending::<()>().await;
+                    }
+                    for task in outputs.iter_mut() {
                         let _ = task.await;
                     }
-                } else {
+                };
+                let stdin_done = async {
+                    match stdin_task.as_mut() {
+                        Some(task) if detach_on_stdin_end => {
+                            let _ = task.await;
+                        }
+                        _ => std::future::pending::<()>().await,
+                    }
+                };
+                if nothing {
+                    return Outcome::Success;
+                }
+                let detached = tokio::select! {
+                    _ = outputs_done => false,
+                    _ = stdin_done => true,
+                };
+                if detached {
+                    // The outputs stop at once (attach's drain time is zero) and end their streams cleanly.
+                    exited_tx.send_replace(true);
                     for task in outputs.iter_mut() {
                         let _ = task.await;
                     }

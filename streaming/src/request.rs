@@ -20,6 +20,10 @@ pub struct AttachRequest {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+    /// The container was created with `stdin_once` and no tty: the runtime closes its stdin when this attach's
+    /// stdin ends, and the session then lasts until the container's output ends. Otherwise the end of the
+    /// client's stdin detaches the session and leaves the container as it is (kubelet's and containerd's rule).
+    pub stdin_once: bool,
 }
 
 /// A CRI `PortForwardRequest`. `ports` may be empty: SPDY clients name the port per stream; WebSocket

@@ -41,6 +41,7 @@ async fn spdy_attach_without_tty_keeps_stdout_and_stderr_apart() {
                 stdout: true,
                 stderr: true,
                 tty: false,
+                stdin_once: false,
             })
             .unwrap();
         let (session, _) = spdy_session(&url, &["v4.channel.k8s.io"]).await;
@@ -74,6 +75,7 @@ async fn websocket_attach_with_tty_resizes_the_main_process() {
             stdout: true,
             stderr: false,
             tty: true,
+            stdin_once: false,
         })
         .unwrap();
     let (ws, _) = ws_connect(&url, &["v5.channel.k8s.io"]).await.unwrap();
@@ -128,4 +130,56 @@ async fn attach_to_an_unknown_container_reports_an_error() {
         "{}",
         out.error()
     );
+}
+
+/// Reads a stream to its end (FIN or RST).
+async fn read_to_end(rd: &mut StreamReader) -> String {
+    let mut seen = Vec::new();
+    while let Some(chunk) = rd.read().await {
+        seen.extend_from_slice(&chunk);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn spdy_attach_detaches_when_stdin_ends_unless_stdin_once() {
+    let backend = Arc::new(HostBackend::default());
+    backend.start_main("d1", r#"while read l; do echo "out:$l"; done"#, false);
+    // Reads one line, then keeps writing after the client's stdin has ended.
+    backend.start_main("o1", r#"read l; echo "got:$l"; sleep 0.5; echo late"#, false);
+    let server = start(backend.clone()).await;
+    for (id, stdin_once) in [("d1", false), ("o1", true)] {
+        let url = server
+            .attach_url(AttachRequest {
+                container_id: id.into(),
+                stdin: true,
+                stdout: true,
+                stderr: false,
+                tty: false,
+                stdin_once,
+            })
+            .unwrap();
+        let (session, _) = spdy_session(&url, &["v4.channel.k8s.io"]).await;
+        let open = |kind: &'static str| session.open(stream_headers(&[("streamType", kind)]));
+        let (mut error, _) = open("error").await.unwrap();
+        let (_, mut stdin) = open("stdin").await.unwrap();
+        let (mut stdout, _) = open("stdout").await.unwrap();
+        stdin.write(b"x\n").await.unwrap();
+        let first = within(10, read_until(&mut stdout, ":x")).await;
+        // The client's stdin ends (client-go does so when its input reaches EOF).
+        stdin.close().await.unwrap();
+        let rest = within(10, read_to_end(&mut stdout)).await;
+        let status = within(10, read_to_end(&mut error)).await;
+        assert!(
+            status.contains(r#""status":"Success""#),
+            "a detach or the output's end is a success: {status}"
+        );
+        if stdin_once {
+            assert_eq!(format!("{first}{rest}"), "got:x\nlate\n");
+        } else {
+            assert_eq!(format!("{first}{rest}"), "out:x\n");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(backend.main_alive(id), "detaching must leave the container running");
+        }
+    }
 }

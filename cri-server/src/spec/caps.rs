@@ -173,8 +173,11 @@ pub fn validate(caps: &api::Capability, field: &str) -> CriResult<()> {
 /// single drops; privileged replaces everything with all capabilities. Ambient adds (KEP-2763) go to all five
 /// sets (the kernel needs them in permitted and inheritable). Non-root users keep the sets as containerd does:
 /// the kernel clears effective/permitted at exec for them unless the file has capabilities.
-pub fn compute(caps: Option<&api::Capability>, privileged: bool, cap_last_cap: u32) -> CapSets {
-    let all = all_mask(cap_last_cap);
+///
+/// "All" is also limited to `bounding`, the daemon's own bounding set (containerd's "all current
+/// capabilities"): asking the kernel for a capability the daemon cannot hold fails capset with EPERM.
+pub fn compute(caps: Option<&api::Capability>, privileged: bool, cap_last_cap: u32, bounding: u64) -> CapSets {
+    let all = all_mask(cap_last_cap) & bounding;
     let mut sets = CapSets::default();
     sets.set_bep(mask_of(&DEFAULT_CAPS) & all);
     if privileged {
@@ -247,7 +250,7 @@ mod tests {
 
     #[test]
     fn default_set_is_containerds() {
-        let s = compute(None, false, LAST_KNOWN_CAP);
+        let s = compute(None, false, LAST_KNOWN_CAP, u64::MAX);
         let mut got = names(s.bounding);
         let mut want: Vec<&str> = DEFAULT_CAPS.to_vec();
         got.sort_unstable();
@@ -347,7 +350,7 @@ mod tests {
             },
         ];
         for c in cases {
-            let s = compute(Some(&c.caps), c.privileged, LAST_KNOWN_CAP);
+            let s = compute(Some(&c.caps), c.privileged, LAST_KNOWN_CAP, u64::MAX);
             assert_eq!(names(s.bounding), names(c.bounding), "{}: bounding", c.name);
             assert_eq!(s.effective, s.bounding, "{}: effective", c.name);
             assert_eq!(s.permitted, s.bounding, "{}: permitted", c.name);
@@ -357,8 +360,19 @@ mod tests {
     }
 
     #[test]
+    fn all_leaves_out_what_the_daemon_cannot_hold() {
+        // This VM's berthd lacks CAP_SYS_RESOURCE (24): privileged and ALL must not ask for it.
+        let bounding = all_mask(LAST_KNOWN_CAP) & !(1 << 24);
+        let s = compute(None, true, LAST_KNOWN_CAP, bounding);
+        assert_eq!(s.bounding & (1 << 24), 0);
+        assert_ne!(s.bounding & (1 << 21), 0, "CAP_SYS_ADMIN stays");
+        let s = compute(Some(&cap(&["ALL"], &[], &[])), false, LAST_KNOWN_CAP, bounding);
+        assert_eq!(s.effective & (1 << 24), 0);
+    }
+
+    #[test]
     fn all_means_what_the_kernel_knows() {
-        let s = compute(None, true, 37);
+        let s = compute(None, true, 37, u64::MAX);
         assert_eq!(s.bounding, (1 << 38) - 1);
         assert_eq!(names(s.bounding).last(), Some(&"AUDIT_READ"));
     }
@@ -379,7 +393,7 @@ mod tests {
 
     #[test]
     fn oci_sets_carry_the_names() {
-        let s = compute(Some(&cap(&[], &["ALL"], &["KILL"])), false, LAST_KNOWN_CAP);
+        let s = compute(Some(&cap(&[], &["ALL"], &["KILL"])), false, LAST_KNOWN_CAP, u64::MAX);
         let oci = s.to_oci().unwrap();
         assert_eq!(oci.ambient().as_ref().unwrap().len(), 1);
         assert!(oci.bounding().as_ref().unwrap().contains(&Capability::Kill));

@@ -102,6 +102,8 @@ pub struct SpecDefaults {
     /// The highest capability the kernel knows (`/proc/sys/kernel/cap_last_cap`): "all capabilities" means
     /// 0..=this.
     pub cap_last_cap: u32,
+    /// berthd's own bounding set (`CapBnd` of /proc/self/status): "all capabilities" stops there.
+    pub cap_bounding: u64,
     /// Size of a container's private /dev/shm tmpfs, in bytes.
     pub shm_size: u64,
 }
@@ -112,6 +114,7 @@ impl Default for SpecDefaults {
             pids_limit: None,
             privileged_allowed: true,
             cap_last_cap: LAST_KNOWN_CAP,
+            cap_bounding: u64::MAX,
             shm_size: 64 << 20,
         }
     }
@@ -402,7 +405,12 @@ pub fn build_container(input: &SpecInput<'_>, defaults: &SpecDefaults, host: &dy
     let img = input.image.config.config().clone().unwrap_or_default();
     let db = user::UserDb::new(input.image.passwd, input.image.group);
     let user = user::resolve(&sc, img.user().as_deref().unwrap_or(""), &db, "linux.security_context")?;
-    let sets = caps::compute(sc.capabilities.as_ref(), privileged, defaults.cap_last_cap);
+    let sets = caps::compute(
+        sc.capabilities.as_ref(),
+        privileged,
+        defaults.cap_last_cap,
+        defaults.cap_bounding,
+    );
     #[allow(deprecated)]
     security::apparmor(
         sc.apparmor.as_ref(),

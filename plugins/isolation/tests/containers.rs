@@ -583,3 +583,132 @@ async fn snapshot_mounts_are_mounted_inside_the_container_only() {
     env.iso.delete(&c.id).await.unwrap();
     assert!(!env.state.join("containers").join(&c.id).exists());
 }
+
+/// Reads `fd` until `needle` shows up, EOF, or 10 s without it; returns what came.
+fn read_until(fd: &std::os::fd::OwnedFd, needle: &str) -> String {
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut pfd = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let timeout = nix::poll::PollTimeout::try_from(left.as_millis().min(10_000) as i32).unwrap();
+        if nix::poll::poll(&mut pfd, timeout).unwrap_or(0) == 0 {
+            continue;
+        }
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) | Err(nix::errno::Errno::EIO) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn write_all(fd: &std::os::fd::OwnedFd, data: &[u8]) {
+    let mut off = 0;
+    while off < data.len() {
+        off += nix::unistd::write(fd, &data[off..]).unwrap();
+    }
+}
+
+async fn running(iso: &berth_isolation::LinuxIsolation, id: &str) -> bool {
+    matches!(iso.state(id).await.unwrap().state, ProcessState::Running { .. })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_joins_the_main_process_and_honours_stdin_once() {
+    let env = Env::new();
+    let pod = unique("pod");
+    env.track_pod(&pod);
+    let script = r#"while read l; do echo "out:$l"; echo "err:$l" >&2; done; echo bye"#;
+
+    // Without stdin_once: every attach gets stdin, output goes to all of them, and detaching (even with the
+    // stdin closed) leaves the container running.
+    let mut c = env.container(&pod, spec(&["sh", "-c", script], "box-att"));
+    c.stdin = true;
+    env.iso.create(&c).await.unwrap();
+    env.iso.start(&c.id).await.unwrap();
+    for round in 0..2 {
+        let io = env.iso.attach(&c.id, true, true, true).await.unwrap();
+        let (stdin, stdout, stderr) = (io.stdin.unwrap(), io.stdout.unwrap(), io.stderr.unwrap());
+        let out = tokio::task::spawn_blocking(move || {
+            write_all(&stdin, format!("line{round}\n").as_bytes());
+            let out = read_until(&stdout, &format!("out:line{round}\n"));
+            let err = read_until(&stderr, &format!("err:line{round}\n"));
+            drop(stdin);
+            (out, err)
+        })
+        .await
+        .unwrap();
+        assert_eq!(out, (format!("out:line{round}\n"), format!("err:line{round}\n")));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            running(&env.iso, &c.id).await,
+            "detaching must leave the container running"
+        );
+    }
+    env.iso.kill(&c.id, libc::SIGKILL).await.unwrap();
+    wait_exit(&env.iso, &c.id).await;
+    env.iso.delete(&c.id).await.unwrap();
+
+    // stdin_once: the first attach's stdin is the container's; closing it ends the container's input, and the
+    // attach sees the rest of the output, then EOF.
+    let mut c = env.container(&pod, spec(&["sh", "-c", script], "box-once"));
+    c.stdin = true;
+    c.stdin_once = true;
+    env.iso.create(&c).await.unwrap();
+    env.iso.start(&c.id).await.unwrap();
+    let io = env.iso.attach(&c.id, true, true, false).await.unwrap();
+    assert!(io.stderr.is_none());
+    let (stdin, stdout) = (io.stdin.unwrap(), io.stdout.unwrap());
+    let out = tokio::task::spawn_blocking(move || {
+        write_all(&stdin, b"hello\n");
+        let mut out = read_until(&stdout, "out:hello\n");
+        drop(stdin);
+        out.push_str(&read_until(&stdout, "\u{0}never"));
+        out
+    })
+    .await
+    .unwrap();
+    assert_eq!(out, "out:hello\nbye\n");
+    assert_eq!(wait_exit(&env.iso, &c.id).await.code, 0);
+    env.iso.delete(&c.id).await.unwrap();
+
+    // A tty: attach joins the pty (stdin goes to the master, output comes back on stdout alone), and
+    // detaching leaves the container running.
+    let mut c = env.container(
+        &pod,
+        spec(&["sh", "-c", r#"while read l; do echo "got:$l"; done"#], "box-tty"),
+    );
+    c.stdin = true;
+    c.stdin_once = true;
+    c.tty = true;
+    env.iso.create(&c).await.unwrap();
+    env.iso.start(&c.id).await.unwrap();
+    for round in 0..2 {
+        let io = env.iso.attach(&c.id, true, true, false).await.unwrap();
+        assert!(io.stderr.is_none());
+        let (stdin, stdout) = (io.stdin.unwrap(), io.stdout.unwrap());
+        let out = tokio::task::spawn_blocking(move || {
+            write_all(&stdin, format!("tty{round}\n").as_bytes());
+            read_until(&stdout, &format!("got:tty{round}"))
+        })
+        .await
+        .unwrap();
+        assert!(out.contains(&format!("got:tty{round}")), "{out:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            running(&env.iso, &c.id).await,
+            "detaching must leave the container running"
+        );
+    }
+    env.iso.kill(&c.id, libc::SIGKILL).await.unwrap();
+    wait_exit(&env.iso, &c.id).await;
+    env.iso.delete(&c.id).await.unwrap();
+}

@@ -67,6 +67,7 @@ async fn handle(server: &StreamingServer, req: Request<Incoming>) -> Response<Bo
             tty: flag(&fields, 3),
             stdout: flag(&fields, 4),
             stderr: flag(&fields, 5),
+            stdin_once: false,
         }),
         "PortForward" => server.port_forward_url(PortForwardRequest {
             pod_id: string(&fields, 1),

@@ -69,6 +69,9 @@ struct Container {
     outputs: Vec<Output>,
     /// Host end of the container's stdin (pipe write end, or the pty master).
     stdin: Option<OwnedFd>,
+    /// CRI `stdin_once`: without a tty, the first attach with stdin takes the shim's end of the stdin pipe, so
+    /// the container's stdin closes when that attach's stdin does.
+    stdin_once: bool,
     pty_master: Option<OwnedFd>,
     /// Write ends handed out by attach, fed with every chunk of output.
     attached: Vec<(Stream, OwnedFd)>,
@@ -355,8 +358,8 @@ impl Shim {
                 plan,
                 log_path,
                 stdin,
-                stdin_once: _,
-            } => self.create(id, *plan, log_path, stdin),
+                stdin_once,
+            } => self.create(id, *plan, log_path, stdin, stdin_once),
             Request::Start { id } => self.start(&id),
             Request::State { id } => match self.containers.get(&id) {
                 Some(_) => Reply::State(self.state_of(&id)),
@@ -447,7 +450,14 @@ impl Shim {
         }
     }
 
-    fn create(&mut self, id: String, plan: InitPlan, log_path: Option<PathBuf>, want_stdin: bool) -> Reply {
+    fn create(
+        &mut self,
+        id: String,
+        plan: InitPlan,
+        log_path: Option<PathBuf>,
+        want_stdin: bool,
+        stdin_once: bool,
+    ) -> Reply {
         if self.containers.contains_key(&id) {
             return Reply::error(ErrorKind::FailedPrecondition, format!("container {id} already exists"));
         }
@@ -499,6 +509,7 @@ impl Shim {
                 log,
                 outputs,
                 stdin: io.stdin,
+                stdin_once,
                 pty_master,
                 attached: Vec::new(),
             },
@@ -658,23 +669,15 @@ impl Shim {
 
     fn attach(&mut self, id: &str, want: FdLayout) -> Result<(Reply, Vec<OwnedFd>), Reply> {
         let c = self.containers.get_mut(id).ok_or_else(|| not_found(id))?;
-        let mut fds = Vec::new();
         let mut layout = FdLayout::default();
-        if want.stdin
-            && let Some(stdin) = &c.stdin
-        {
-            let dup = stdin
-                .try_clone()
-                .map_err(|e| Reply::error(ErrorKind::Internal, format!("dup stdin: {e}")))?;
-            layout.stdin = true;
-            fds.push(dup);
-        }
-        let streams: &[(bool, Stream)] = if c.pty_master.is_some() {
-            &[(true, Stream::Stdout)]
+        // With a pty, everything comes out of the master: stdout only.
+        let streams: &[Stream] = if c.pty_master.is_some() {
+            &[Stream::Stdout]
         } else {
-            &[(true, Stream::Stdout), (true, Stream::Stderr)]
+            &[Stream::Stdout, Stream::Stderr]
         };
-        for (_, stream) in streams {
+        let mut outputs = Vec::new();
+        for stream in streams {
             let asked = match stream {
                 Stream::Stdout => want.stdout,
                 Stream::Stderr => want.stderr,
@@ -685,7 +688,32 @@ impl Shim {
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| Reply::error(ErrorKind::Internal, format!("pipe: {e}")))?;
             set_nonblocking(w.as_fd());
-            c.attached.push((*stream, w));
+            outputs.push((*stream, r, w));
+        }
+        let mut fds = Vec::new();
+        if want.stdin {
+            // stdin_once (kubelet's semantics, without a tty): this attach gets the shim's own end of the pipe,
+            // so the container reads EOF once the attach's stdin ends; later attaches get no stdin. Otherwise
+            // a duplicate, and the container's stdin outlives the session.
+            let fd = if c.stdin_once && c.pty_master.is_none() {
+                c.stdin.take()
+            } else {
+                c.stdin
+                    .as_ref()
+                    .map(|stdin| stdin.try_clone())
+                    .transpose()
+                    .map_err(|e| Reply::error(ErrorKind::Internal, format!("dup stdin: {e}")))?
+            };
+            if let Some(fd) = fd {
+                layout.stdin = true;
+                fds.push(fd);
+            }
+        }
+        for (stream, r, w) in outputs {
+            // An output already at EOF (the container exited): the reader gets EOF right away.
+            if c.outputs.iter().any(|o| o.stream == stream) {
+                c.attached.push((stream, w));
+            }
             match stream {
                 Stream::Stdout => layout.stdout = true,
                 Stream::Stderr => layout.stderr = true,
