@@ -230,7 +230,12 @@ setup_go_env() {
 # crictl / critest
 # ---------------------------------------------------------------------------
 has_version() {
-	[[ -x $1 ]] && "$1" --version 2>/dev/null | grep -qE "version:? $CRI_TOOLS_VERSION\$"
+	# Output first, then grep: `cmd | grep -q` under pipefail fails when grep exits before critest has written
+	# its last line (SIGPIPE), which happened at random.
+	local out
+	[[ -x $1 ]] || return 1
+	out=$("$1" --version 2>/dev/null) || true
+	grep -qE "version:? $CRI_TOOLS_VERSION\$" <<<"$out"
 }
 
 install_cri_tools() {
