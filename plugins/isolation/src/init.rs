@@ -288,15 +288,32 @@ fn parent_side(plan: &InitPlan, ctx: &SpawnContext, child: Pid, sock: &OwnedFd) 
         write_file(&proc_dir.join("oom_score_adj"), &adj.to_string())?;
     }
     send_message(sock.as_fd(), b"G", &[]).map_err(sys("sending go to container init"))?;
-    recv_timeout(sock.as_fd(), &mut buf, SETUP_TIMEOUT)?;
-    let pid_text = expect(&buf, b'P')?.ok_or_else(|| SpawnError::Init("exited before forking".into()))?;
-    let pid: u32 = std::str::from_utf8(pid_text)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| SpawnError::Init("bad pid message".into()))?;
-    let pid = if pid == 0 { child.as_raw() as u32 } else { pid };
-    recv_timeout(sock.as_fd(), &mut buf, SETUP_TIMEOUT)?;
-    expect(&buf, b'R')?.ok_or_else(|| SpawnError::Init("exited during setup".into()))?;
+    // `P<pid>` comes from the intermediate child and `R` from the init it forked, both on this socket: under
+    // load the init's `R` can overtake the `P`, so take the two in either order.
+    let (mut pid, mut ready) = (None, false);
+    while pid.is_none() || !ready {
+        recv_timeout(sock.as_fd(), &mut buf, SETUP_TIMEOUT)?;
+        match buf.first() {
+            Some(b'P') => {
+                let n: u32 = std::str::from_utf8(&buf[1..])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| SpawnError::Init("bad pid message".into()))?;
+                pid = Some(if n == 0 { child.as_raw() as u32 } else { n });
+            }
+            Some(b'R') => ready = true,
+            // EOF, an error report, or garbage: `expect` turns each into its error.
+            _ => {
+                let what = if pid.is_none() {
+                    "exited before forking"
+                } else {
+                    "exited during setup"
+                };
+                expect(&buf, b'R')?.ok_or_else(|| SpawnError::Init(what.into()))?;
+            }
+        }
+    }
+    let pid = pid.unwrap_or(child.as_raw() as u32);
     if ctx.exec {
         start(sock)?;
     }
