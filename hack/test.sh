@@ -28,4 +28,8 @@ step "cgroup v2, for real, in a VM (this host is cgroup v1)"
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$HACK/vm-test.sh" cargo test -p berth-cgroups --test v2
 
 step "cargo test"
-cargo test --workspace --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary, the last often a doc-test's "0 passed").
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
