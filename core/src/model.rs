@@ -74,6 +74,12 @@ impl PodMetadata {
     pub fn reserved_name(&self) -> String {
         format!("{}_{}_{}_{}", self.name, self.namespace, self.uid, self.attempt)
     }
+
+    /// The reserved name of a container of this pod: `container_pod_namespace_uid_attempt`, as containerd
+    /// builds it (the container's attempt, not the pod's).
+    pub fn container_reserved_name(&self, container: &str, attempt: u32) -> String {
+        format!("{container}_{}_{}_{}_{attempt}", self.name, self.namespace, self.uid)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +240,7 @@ mod tests {
             attempt: 2,
         };
         assert_eq!(m.reserved_name(), "web_default_u1_2");
+        assert_eq!(m.container_reserved_name("nginx", 0), "nginx_web_default_u1_0");
     }
 
     #[test]

@@ -114,8 +114,7 @@ impl Lifecycle {
             )));
         }
         let id = if req.id.is_empty() { new_id() } else { req.id.clone() };
-        let m = &pod.metadata;
-        let name = format!("{}_{}_{}_{}_{}", req.name, m.name, m.namespace, m.uid, req.attempt);
+        let name = pod.metadata.container_reserved_name(&req.name, req.attempt);
         let mut c = Container {
             id: id.clone(),
             pod_id: pod.id.clone(),
@@ -269,10 +268,7 @@ impl Lifecycle {
     pub(super) async fn forget_container(&self, c: &Container) -> LifecycleResult<()> {
         let id = c.id.clone();
         let pod = self.store().get::<crate::model::PodSandbox>(Table::Pods, &c.pod_id)?;
-        let name = pod.map(|p| {
-            let m = p.metadata;
-            format!("{}_{}_{}_{}_{}", c.name, m.name, m.namespace, m.uid, c.attempt)
-        });
+        let name = pod.map(|p| p.metadata.container_reserved_name(&c.name, c.attempt));
         self.write(move |tx| {
             tx.delete(Table::Containers, &id)?;
             if let Some(name) = name
