@@ -712,3 +712,61 @@ async fn attach_joins_the_main_process_and_honours_stdin_once() {
     wait_exit(&env.iso, &c.id).await;
     env.iso.delete(&c.id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_is_the_containers_own_devpts() {
+    let env = Env::new();
+    let pod = unique("pod");
+    env.track_pod(&pod);
+    let mut c = env.container(
+        &pod,
+        spec(
+            &["sh", "-c", "tty; readlink /proc/self/fd/0; exec sleep 1000"],
+            "box-tty",
+        ),
+    );
+    c.tty = true;
+    env.iso.create(&c).await.unwrap();
+    env.iso.start(&c.id).await.unwrap();
+    // The main process's pty is the first of the container's devpts newinstance.
+    let log = c.log_path.clone().unwrap();
+    let mut out = String::new();
+    for _ in 0..100 {
+        out = read_log(&log).0;
+        if out.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert_eq!(lines, ["/dev/pts/0", "/dev/pts/0"], "{out:?}");
+
+    // An exec with a tty gets the next pty of the same devpts.
+    let io = env
+        .iso
+        .exec(
+            &c.id,
+            &ExecSpec {
+                args: vec!["sh".into(), "-c".into(), "tty; echo END".into()],
+                tty: true,
+                stdin: false,
+                stdout: true,
+                stderr: false,
+            },
+        )
+        .await
+        .unwrap();
+    let master = io.stdout.unwrap();
+    let out = tokio::task::spawn_blocking(move || read_until(&master, "END"))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.lines().next().map(|l| l.trim_end_matches('\r')),
+        Some("/dev/pts/1"),
+        "{out:?}"
+    );
+    assert_eq!(env.iso.wait_exec(&c.id, &io.session).await.unwrap().code, 0);
+    env.iso.kill(&c.id, libc::SIGKILL).await.unwrap();
+    wait_exit(&env.iso, &c.id).await;
+    env.iso.delete(&c.id).await.unwrap();
+}
