@@ -978,6 +978,8 @@ fn infra_child() -> Result<i32, String> {
 }
 
 fn infra_main() -> ! {
+    // Without a name of its own it would show the shim's (see `shim::main`) in the containers' `ps`.
+    let _ = nix::sys::prctl::set_name(c"berth-init");
     let _ = nix::sys::prctl::set_dumpable(false);
     let _ = nix::unistd::setsid();
     // SAFETY: close every inherited descriptor above stdio (the shim's sockets, pipes, logs).

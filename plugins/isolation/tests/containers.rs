@@ -770,3 +770,36 @@ async fn terminal_is_the_containers_own_devpts() {
     wait_exit(&env.iso, &c.id).await;
     env.iso.delete(&c.id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_and_infra_processes_have_names() {
+    use berth_core::plugin::isolation::PodIsolation;
+    let env = Env::new();
+    let pod = unique("pod");
+    env.track_pod(&pod);
+    let ns = env
+        .iso
+        .pin_namespaces(&PodIsolation {
+            pod_id: pod.clone(),
+            hostname: "named".into(),
+            shared_pid: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm(env.shim_pid(&pod)), "berth-shim\n");
+    let infra = ns.infra_pid.expect("a shared-PID pod has an infra process");
+    assert_eq!(comm(infra), "berth-init\n");
+    // Inside the pod, PID 1 is the infra process.
+    let mut s = spec(&["sleep", "1000"], "ignored");
+    join_pod(&mut s, &ns);
+    let c = env.container(&pod, s);
+    env.iso.create(&c).await.unwrap();
+    env.iso.start(&c.id).await.unwrap();
+    assert_eq!(sh(&env.iso, &c.id, "cat /proc/1/comm").await.1, "berth-init\n");
+    env.iso.kill(&c.id, libc::SIGKILL).await.unwrap();
+    wait_exit(&env.iso, &c.id).await;
+    env.iso.delete(&c.id).await.unwrap();
+    env.iso.unpin_namespaces(&pod).await.unwrap();
+}
