@@ -969,6 +969,9 @@ pub fn spawn_infra() -> Result<u32, SpawnError> {
 }
 
 fn infra_child() -> Result<i32, String> {
+    // Named before the fork, so the infra has its name from birth (without one it would show the shim's, see
+    // `shim::main`, in the containers' `ps`).
+    nix::sys::prctl::set_name(c"berth-init").map_err(err("prctl(PR_SET_NAME)"))?;
     unshare(CloneFlags::CLONE_NEWPID).map_err(err("unshare(pid)"))?;
     // SAFETY: single-threaded child (see spawn_infra).
     match unsafe { nix::unistd::fork() }.map_err(err("fork"))? {
@@ -978,8 +981,6 @@ fn infra_child() -> Result<i32, String> {
 }
 
 fn infra_main() -> ! {
-    // Without a name of its own it would show the shim's (see `shim::main`) in the containers' `ps`.
-    let _ = nix::sys::prctl::set_name(c"berth-init");
     let _ = nix::sys::prctl::set_dumpable(false);
     let _ = nix::unistd::setsid();
     // SAFETY: close every inherited descriptor above stdio (the shim's sockets, pipes, logs).
