@@ -779,7 +779,7 @@ fn setup_rootfs(plan: &InitPlan) -> Step {
         let target = secure_join(root, &m.target);
         create_target(&target, m.target_kind)?;
         if m.fstype == "cgroup" || m.fstype == "cgroup2" {
-            mount_cgroup(m, &target)?;
+            mount_cgroup(plan, m, &target)?;
             continue;
         }
         do_mount(m, &target)?;
@@ -797,21 +797,98 @@ fn setup_rootfs(plan: &InitPlan) -> Step {
     Ok(())
 }
 
-/// cgroup v2 hosts: a fresh cgroup2 mount (rooted at the container's cgroup namespace). cgroup v1 hosts: the
-/// per-controller layout is not built yet; a read-only empty tmpfs stands in so the path exists.
-fn mount_cgroup(m: &MountOp, target: &Path) -> Step {
+/// cgroup v2 hosts: a fresh cgroup2 mount (rooted at the container's cgroup namespace). cgroup v1 hosts: see
+/// [`mount_cgroup_v1`].
+fn mount_cgroup(plan: &InitPlan, m: &MountOp, target: &Path) -> Step {
     let flags = m.flags & (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY | libc::MS_RELATIME);
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         mount_path(Some("cgroup2"), target, Some("cgroup2"), flags, None)
     } else {
-        mount_path(
-            Some("tmpfs"),
-            target,
-            Some("tmpfs"),
-            flags | libc::MS_RDONLY,
-            Some("mode=755"),
-        )
+        mount_cgroup_v1(plan, flags, target)
     }
+}
+
+/// One host cgroup v1 hierarchy as the container sees it under its `/sys/fs/cgroup`.
+#[derive(Debug, PartialEq)]
+struct V1Hierarchy {
+    /// The dir name, as on the host (`memory`, `cpu,cpuacct`, `systemd`).
+    name: String,
+    /// The container's own cgroup dir in that hierarchy, bound onto the dir; `None` leaves it empty.
+    bind: Option<PathBuf>,
+    /// Symlinks to `name`, one per controller of a co-mounted hierarchy (`cpu` and `cpuacct` → `cpu,cpuacct`).
+    links: Vec<String>,
+}
+
+/// runc's cgroup v1 layout from the host's mount table: per `cgroup` (v1) mount, the container's own cgroup
+/// dir in it (one of `own_dirs`, canonical paths), if any.
+fn cgroup_v1_layout(mountinfo: &str, own_dirs: &[PathBuf]) -> Vec<V1Hierarchy> {
+    let mut layout = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((fields, rest)) = line.split_once(" - ") else {
+            continue;
+        };
+        if rest.split(' ').next() != Some("cgroup") {
+            continue;
+        }
+        let Some(mountpoint) = fields.split(' ').nth(4).map(Path::new) else {
+            continue;
+        };
+        let Some(name) = mountpoint.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let links = if name.contains(',') {
+            name.split(',').map(str::to_string).collect()
+        } else {
+            Vec::new()
+        };
+        layout.push(V1Hierarchy {
+            name: name.to_string(),
+            bind: own_dirs.iter().find(|d| d.starts_with(mountpoint)).cloned(),
+            links,
+        });
+    }
+    layout
+}
+
+/// cgroup v1 hosts: a tmpfs holding [`cgroup_v1_layout`], so `memory.limit_in_bytes` inside is the
+/// container's and no host cgroup shows. Binds rather than new cgroup mounts: they work without a cgroup
+/// namespace and inside a user namespace (where v1 cannot be mounted).
+fn mount_cgroup_v1(plan: &InitPlan, flags: u64, target: &Path) -> Step {
+    let readonly = flags & libc::MS_RDONLY;
+    mount_path(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        flags & !libc::MS_RDONLY,
+        Some("mode=755"),
+    )?;
+    // The host's hierarchies: this mount namespace is still a copy of the shim's (before pivot_root).
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+    let own_dirs: Vec<PathBuf> = plan
+        .cgroup_procs
+        .iter()
+        .filter_map(|procs| std::fs::canonicalize(procs.parent()?).ok())
+        .collect();
+    for h in cgroup_v1_layout(&mountinfo, &own_dirs) {
+        let dir = target.join(&h.name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        if let Some(own) = &h.bind {
+            let source = own.to_str().ok_or("cgroup path is not UTF-8")?;
+            mount_path(Some(source), &dir, None, libc::MS_BIND, None)?;
+            let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            mount_path(None, &dir, None, remount | readonly | locked_flags(&dir), None)?;
+        }
+        for controller in &h.links {
+            let link = target.join(controller);
+            std::os::unix::fs::symlink(&h.name, &link).map_err(|e| format!("symlink {}: {e}", link.display()))?;
+        }
+    }
+    if readonly != 0 {
+        let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked_flags(target);
+        mount_path(None, target, None, remount, None)?;
+    }
+    Ok(())
 }
 
 fn create_devices(plan: &InitPlan, new_user: bool) -> Step {
@@ -1015,6 +1092,43 @@ fn infra_main() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_v1_layout_binds_the_containers_own_dirs_only() {
+        let mountinfo = "\
+25 1 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        let own = [
+            PathBuf::from("/sys/fs/cgroup/memory/berth/pod/ctr"),
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/berth/pod/ctr"),
+        ];
+        let layout = cgroup_v1_layout(mountinfo, &own);
+        assert_eq!(
+            layout,
+            [
+                V1Hierarchy {
+                    name: "cpu,cpuacct".into(),
+                    bind: Some(own[1].clone()),
+                    links: vec!["cpu".into(), "cpuacct".into()],
+                },
+                V1Hierarchy {
+                    name: "memory".into(),
+                    bind: Some(own[0].clone()),
+                    links: vec![],
+                },
+                // Not placed in pids: an empty dir, not the host's root cgroup. cgroup2 is left out.
+                V1Hierarchy {
+                    name: "pids".into(),
+                    bind: None,
+                    links: vec![],
+                },
+            ]
+        );
+    }
 
     #[test]
     fn secure_join_keeps_symlinks_inside_the_root() {

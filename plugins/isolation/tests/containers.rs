@@ -232,6 +232,30 @@ async fn two_containers_share_one_shim_and_the_pod_namespaces() {
     assert!(!pid_alive(shim));
 }
 
+/// A test's own cgroup dir in one cgroup v1 hierarchy, removed once its processes are gone.
+struct RmCgroup(std::path::PathBuf);
+
+impl RmCgroup {
+    fn create(hierarchy: &str) -> RmCgroup {
+        let dir = std::path::Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(unique("berth-test"));
+        std::fs::create_dir(&dir).unwrap();
+        RmCgroup(dir)
+    }
+}
+
+impl Drop for RmCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn parent_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     stat.rsplit(')')
@@ -249,20 +273,8 @@ async fn exec_joins_the_container_and_supports_a_tty() {
     let env = Env::new();
     let pod = unique("pod");
     env.track_pod(&pod);
-    let cgroup = std::path::PathBuf::from("/sys/fs/cgroup/pids").join(unique("berth-test"));
-    std::fs::create_dir(&cgroup).unwrap();
-    struct RmCgroup(std::path::PathBuf);
-    impl Drop for RmCgroup {
-        fn drop(&mut self) {
-            for _ in 0..100 {
-                if std::fs::remove_dir(&self.0).is_ok() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-    let _cg = RmCgroup(cgroup.clone());
+    let cg = RmCgroup::create("pids");
+    let cgroup = cg.0.clone();
     let script = "for n in pid mnt net uts ipc; do readlink /proc/self/ns/$n; done; grep pids /proc/self/cgroup; \
                   hostname; exec sleep 1000";
     let mut c = env.container(&pod, spec(&["sh", "-c", script], "box-x"));
@@ -802,4 +814,29 @@ async fn shim_and_infra_processes_have_names() {
     wait_exit(&env.iso, &c.id).await;
     env.iso.delete(&c.id).await.unwrap();
     env.iso.unpin_namespaces(&pod).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_v1_hierarchies_show_the_containers_own_cgroups() {
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!("a cgroup v2 host: nothing to check");
+        return;
+    }
+    let env = Env::new();
+    let pod = unique("pod");
+    env.track_pod(&pod);
+    let cg = RmCgroup::create("memory");
+    let cgroup = cg.0.clone();
+    std::fs::write(cgroup.join("memory.limit_in_bytes"), "67108864").unwrap();
+    let script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; grep -qx 1 /sys/fs/cgroup/memory/cgroup.procs && echo pid1; \
+                  ls /sys/fs/cgroup/pids | wc -l; echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes || echo ro";
+    let mut c = env.container(&pod, spec(&["sh", "-c", script], "box-cg"));
+    c.cgroup_procs = vec![cgroup.join("cgroup.procs")];
+    env.iso.create(&c).await.unwrap();
+    env.iso.start(&c.id).await.unwrap();
+    assert_eq!(wait_exit(&env.iso, &c.id).await.code, 0);
+    let (out, err, _) = read_log(c.log_path.as_ref().unwrap());
+    // Its own limit; itself as PID 1 in its cgroup; the pids hierarchy it was not placed in is empty; read-only.
+    assert_eq!(out, "67108864\npid1\n0\nro\n", "{err}");
+    env.iso.delete(&c.id).await.unwrap();
 }
