@@ -261,9 +261,13 @@ impl Shim {
             if ready_signals {
                 self.handle_signals();
             }
+            let served = !ready_conns.is_empty();
             for i in ready_conns.into_iter().rev() {
                 let conn = self.pending_conns.swap_remove(i);
                 self.serve(conn);
+            }
+            if served {
+                super::daemon::trim_heap();
             }
             if ready_listener {
                 self.accept_all();
