@@ -16,6 +16,7 @@ say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 "$HACK/install-deps.sh"
 command -v cargo >/dev/null || { echo "demo: cargo is missing: install Rust first" >&2; exit 1; }
 (cd "$REPO" && cargo build --release --bins)
+shim=$("$HACK/build-shim.sh")
 target=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release
 "$HACK/local-registry.sh" start
 "$HACK/make-test-images.sh"
@@ -23,7 +24,7 @@ target=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps | jq -r .targ
 demo=/run/berth/demo
 mkdir -p "$demo/logs"
 "$HACK/mirror-config.sh" "$demo/certs.d"
-printf '[registry]\nconfig_path = "%s"\n' "$demo/certs.d" >"$demo/config.toml"
+printf '[registry]\nconfig_path = "%s"\n[isolation]\nshim_path = "%s"\n' "$demo/certs.d" "$shim" >"$demo/config.toml"
 if crictl --runtime-endpoint "unix://$SOCK" version >/dev/null 2>&1; then
 	echo "demo: a berthd already serves $SOCK; using it"
 else

@@ -92,10 +92,14 @@ impl Berthd {
         let socket = dir.path().join("berth.sock");
         let config = dir.path().join("config.toml");
         let (bridge, cgroup_parent) = (unique("bt"), format!("/{}", unique("berth-it-")));
+        // BERTH_SHIM runs the suite on another shim build (e.g. hack/build-shim.sh's static one).
+        let shim = std::env::var("BERTH_SHIM")
+            .map(|path| format!("[isolation]\nshim_path = {path:?}\n"))
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "{}{}",
+                "{}{shim}{}",
                 Self::base_config(dir.path(), &bridge, &cgroup_parent),
                 opts.config
             ),

@@ -17,7 +17,7 @@
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -51,12 +51,18 @@ fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> SpawnError {
 }
 
 /// The container's stdio, child ends (the shim keeps the other ends).
-pub struct ChildStdio {
-    pub stdin: OwnedFd,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-    /// With a terminal, all three are the pty slave and it becomes the controlling terminal.
-    pub terminal: bool,
+pub enum ChildStdio {
+    /// Pipes (or /dev/null), dup'ed onto 0, 1 and 2.
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    /// A pty the process opens itself once it sees the container's filesystem (its `/dev/ptmx`, the devpts
+    /// newinstance), so the slave is the container's own `/dev/pts/N` and `tty` works inside; the master comes
+    /// back to the shim over the sync socket (runc's console socket). The slave becomes the controlling
+    /// terminal and fds 0, 1 and 2.
+    Terminal,
 }
 
 /// What the shim knows besides the plan.
@@ -74,6 +80,8 @@ pub struct Spawned {
     pub sync: OwnedFd,
     /// Set when oom_score_adj had to be clamped (the requested value, the value used).
     pub oom_clamped: Option<(i32, i32)>,
+    /// The pty master, with [`ChildStdio::Terminal`].
+    pub pty_master: Option<OwnedFd>,
 }
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -192,7 +200,7 @@ fn prepare<'a>(plan: &'a InitPlan, ctx: &'a SpawnContext, stdio: &'a ChildStdio)
     })
 }
 
-fn recv_timeout(sock: BorrowedFd<'_>, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), SpawnError> {
+fn recv_timeout(sock: BorrowedFd<'_>, buf: &mut Vec<u8>, timeout: Duration) -> Result<Vec<OwnedFd>, SpawnError> {
     let mut fds = [nix::poll::PollFd::new(sock, nix::poll::PollFlags::POLLIN)];
     let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
     loop {
@@ -203,8 +211,7 @@ fn recv_timeout(sock: BorrowedFd<'_>, buf: &mut Vec<u8>, timeout: Duration) -> R
             Ok(_) => break,
         }
     }
-    recv_message(sock, buf).map_err(sys("reading from container init"))?;
-    Ok(())
+    recv_message(sock, buf).map_err(sys("reading from container init"))
 }
 
 /// Interprets one message from the init: `Ok(None)` at EOF (it exec'd or died), an error for `E…`.
@@ -251,20 +258,27 @@ pub fn spawn(plan: &InitPlan, ctx: &SpawnContext, stdio: &ChildStdio) -> Result<
         ForkResult::Parent { child } => child,
     };
     drop(child_sock);
-    let result = parent_side(plan, ctx, child, &parent_sock);
+    let result = parent_side(plan, ctx, stdio, child, &parent_sock);
     if result.is_err() {
         let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
     }
-    result.map(|(pid, oom_clamped)| Spawned {
-        pid,
+    result.map(|setup| Spawned {
+        pid: setup.pid,
         sync: parent_sock,
-        oom_clamped,
+        oom_clamped: setup.oom_clamped,
+        pty_master: setup.pty_master,
     })
 }
 
-type ParentResult = Result<(u32, Option<(i32, i32)>), SpawnError>;
+struct Setup {
+    pid: u32,
+    oom_clamped: Option<(i32, i32)>,
+    pty_master: Option<OwnedFd>,
+}
 
-fn parent_side(plan: &InitPlan, ctx: &SpawnContext, child: Pid, sock: &OwnedFd) -> ParentResult {
+type ParentResult = Result<Setup, SpawnError>;
+
+fn parent_side(plan: &InitPlan, ctx: &SpawnContext, stdio: &ChildStdio, child: Pid, sock: &OwnedFd) -> ParentResult {
     let mut buf = Vec::new();
     recv_timeout(sock.as_fd(), &mut buf, SETUP_TIMEOUT)?;
     expect(&buf, b'1')?.ok_or_else(|| SpawnError::Init("exited before joining namespaces".into()))?;
@@ -290,10 +304,18 @@ fn parent_side(plan: &InitPlan, ctx: &SpawnContext, child: Pid, sock: &OwnedFd) 
     send_message(sock.as_fd(), b"G", &[]).map_err(sys("sending go to container init"))?;
     // `P<pid>` comes from the intermediate child and `R` from the init it forked, both on this socket: under
     // load the init's `R` can overtake the `P`, so take the two in either order.
-    let (mut pid, mut ready) = (None, false);
+    // With a terminal, the init sends `T` with the pty master before its `R`.
+    let (mut pid, mut ready, mut pty_master) = (None, false, None);
     while pid.is_none() || !ready {
-        recv_timeout(sock.as_fd(), &mut buf, SETUP_TIMEOUT)?;
+        let fds = recv_timeout(sock.as_fd(), &mut buf, SETUP_TIMEOUT)?;
         match buf.first() {
+            Some(b'T') => {
+                let master = fds
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| SpawnError::Init("terminal message without the pty master".into()))?;
+                pty_master = Some(master);
+            }
             Some(b'P') => {
                 let n: u32 = std::str::from_utf8(&buf[1..])
                     .ok()
@@ -313,11 +335,18 @@ fn parent_side(plan: &InitPlan, ctx: &SpawnContext, child: Pid, sock: &OwnedFd) 
             }
         }
     }
+    if matches!(stdio, ChildStdio::Terminal) && pty_master.is_none() {
+        return Err(SpawnError::Init("ready without sending its pty master".into()));
+    }
     let pid = pid.unwrap_or(child.as_raw() as u32);
     if ctx.exec {
         start(sock)?;
     }
-    Ok((pid, oom_clamped))
+    Ok(Setup {
+        pid,
+        oom_clamped,
+        pty_master,
+    })
 }
 
 /// Lets a created init exec; returns once it has (its sync socket closed on exec) or reports why it could not.
@@ -409,23 +438,54 @@ fn dup_onto(fd: RawFd, target: RawFd) -> Step {
     Ok(())
 }
 
-fn setup_stdio(stdio: &ChildStdio) -> Step {
+/// Runs in the init once it sees the container's filesystem (after pivot_root, or after joining the mount
+/// namespace for an exec), so a terminal's `/dev/ptmx` is the container's devpts.
+fn setup_stdio(stdio: &ChildStdio, sock: &OwnedFd) -> Step {
     nix::unistd::setsid().map_err(err("setsid"))?;
-    if stdio.terminal {
-        // SAFETY: TIOCSCTTY on the pty slave we own, as the new session leader.
-        if unsafe { libc::ioctl(stdio.stdout.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
-            return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+    match stdio {
+        ChildStdio::Pipes { stdin, stdout, stderr } => {
+            dup_onto(stdin.as_raw_fd(), 0)?;
+            dup_onto(stdout.as_raw_fd(), 1)?;
+            dup_onto(stderr.as_raw_fd(), 2)
+        }
+        ChildStdio::Terminal => {
+            let (master, slave) = open_pty()?;
+            send_message(sock.as_fd(), b"T", &[master.as_raw_fd()]).map_err(err("sending the pty master"))?;
+            drop(master);
+            // SAFETY: TIOCSCTTY on the pty slave we own, as the new session leader.
+            if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+                return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+            }
+            for target in 0..=2 {
+                dup_onto(slave.as_raw_fd(), target)?;
+            }
+            Ok(())
         }
     }
-    dup_onto(stdio.stdin.as_raw_fd(), 0)?;
-    dup_onto(stdio.stdout.as_raw_fd(), 1)?;
-    dup_onto(stdio.stderr.as_raw_fd(), 2)
+}
+
+/// Opens a pty through `/dev/ptmx` as this process resolves it (in a container, the `ptmx` of its devpts
+/// newinstance); the slave comes from TIOCGPTPEER, so no path lookup can swap it. Both ends close on exec (the
+/// slave is dup'ed onto stdio).
+fn open_pty() -> Result<(OwnedFd, OwnedFd), String> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(err("opening /dev/ptmx for the terminal"))?;
+    nix::pty::unlockpt(&master).map_err(err("unlockpt"))?;
+    let master = OwnedFd::from(master);
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes open(2) flags by value and returns a new descriptor for the master's slave.
+    let slave = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if slave < 0 {
+        return Err(format!("TIOCGPTPEER: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `slave` was just returned by the ioctl, so it is open and owned by no one else.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
 }
 
 fn init_stage(p: &Prepared<'_>, sock: &OwnedFd) -> Result<std::convert::Infallible, String> {
     let plan = p.plan;
     let proc = &plan.process;
-    setup_stdio(p.stdio)?;
     let new_uts = plan.namespace(NsKind::Uts).is_some_and(|n| n.path.is_none());
     if !p.ctx.exec {
         if let Some(h) = &plan.hostname
@@ -452,6 +512,7 @@ fn init_stage(p: &Prepared<'_>, sock: &OwnedFd) -> Result<std::convert::Infallib
             finish_rootfs(plan)?;
         }
     }
+    setup_stdio(p.stdio, sock)?;
     for r in &proc.rlimits {
         let limit = libc::rlimit {
             rlim_cur: r.soft,
@@ -718,7 +779,7 @@ fn setup_rootfs(plan: &InitPlan) -> Step {
         let target = secure_join(root, &m.target);
         create_target(&target, m.target_kind)?;
         if m.fstype == "cgroup" || m.fstype == "cgroup2" {
-            mount_cgroup(m, &target)?;
+            mount_cgroup(plan, m, &target)?;
             continue;
         }
         do_mount(m, &target)?;
@@ -736,21 +797,98 @@ fn setup_rootfs(plan: &InitPlan) -> Step {
     Ok(())
 }
 
-/// cgroup v2 hosts: a fresh cgroup2 mount (rooted at the container's cgroup namespace). cgroup v1 hosts: the
-/// per-controller layout is not built yet; a read-only empty tmpfs stands in so the path exists.
-fn mount_cgroup(m: &MountOp, target: &Path) -> Step {
+/// cgroup v2 hosts: a fresh cgroup2 mount (rooted at the container's cgroup namespace). cgroup v1 hosts: see
+/// [`mount_cgroup_v1`].
+fn mount_cgroup(plan: &InitPlan, m: &MountOp, target: &Path) -> Step {
     let flags = m.flags & (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY | libc::MS_RELATIME);
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         mount_path(Some("cgroup2"), target, Some("cgroup2"), flags, None)
     } else {
-        mount_path(
-            Some("tmpfs"),
-            target,
-            Some("tmpfs"),
-            flags | libc::MS_RDONLY,
-            Some("mode=755"),
-        )
+        mount_cgroup_v1(plan, flags, target)
     }
+}
+
+/// One host cgroup v1 hierarchy as the container sees it under its `/sys/fs/cgroup`.
+#[derive(Debug, PartialEq)]
+struct V1Hierarchy {
+    /// The dir name, as on the host (`memory`, `cpu,cpuacct`, `systemd`).
+    name: String,
+    /// The container's own cgroup dir in that hierarchy, bound onto the dir; `None` leaves it empty.
+    bind: Option<PathBuf>,
+    /// Symlinks to `name`, one per controller of a co-mounted hierarchy (`cpu` and `cpuacct` → `cpu,cpuacct`).
+    links: Vec<String>,
+}
+
+/// runc's cgroup v1 layout from the host's mount table: per `cgroup` (v1) mount, the container's own cgroup
+/// dir in it (one of `own_dirs`, canonical paths), if any.
+fn cgroup_v1_layout(mountinfo: &str, own_dirs: &[PathBuf]) -> Vec<V1Hierarchy> {
+    let mut layout = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((fields, rest)) = line.split_once(" - ") else {
+            continue;
+        };
+        if rest.split(' ').next() != Some("cgroup") {
+            continue;
+        }
+        let Some(mountpoint) = fields.split(' ').nth(4).map(Path::new) else {
+            continue;
+        };
+        let Some(name) = mountpoint.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let links = if name.contains(',') {
+            name.split(',').map(str::to_string).collect()
+        } else {
+            Vec::new()
+        };
+        layout.push(V1Hierarchy {
+            name: name.to_string(),
+            bind: own_dirs.iter().find(|d| d.starts_with(mountpoint)).cloned(),
+            links,
+        });
+    }
+    layout
+}
+
+/// cgroup v1 hosts: a tmpfs holding [`cgroup_v1_layout`], so `memory.limit_in_bytes` inside is the
+/// container's and no host cgroup shows. Binds rather than new cgroup mounts: they work without a cgroup
+/// namespace and inside a user namespace (where v1 cannot be mounted).
+fn mount_cgroup_v1(plan: &InitPlan, flags: u64, target: &Path) -> Step {
+    let readonly = flags & libc::MS_RDONLY;
+    mount_path(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        flags & !libc::MS_RDONLY,
+        Some("mode=755"),
+    )?;
+    // The host's hierarchies: this mount namespace is still a copy of the shim's (before pivot_root).
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+    let own_dirs: Vec<PathBuf> = plan
+        .cgroup_procs
+        .iter()
+        .filter_map(|procs| std::fs::canonicalize(procs.parent()?).ok())
+        .collect();
+    for h in cgroup_v1_layout(&mountinfo, &own_dirs) {
+        let dir = target.join(&h.name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        if let Some(own) = &h.bind {
+            let source = own.to_str().ok_or("cgroup path is not UTF-8")?;
+            mount_path(Some(source), &dir, None, libc::MS_BIND, None)?;
+            let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            mount_path(None, &dir, None, remount | readonly | locked_flags(&dir), None)?;
+        }
+        for controller in &h.links {
+            let link = target.join(controller);
+            std::os::unix::fs::symlink(&h.name, &link).map_err(|e| format!("symlink {}: {e}", link.display()))?;
+        }
+    }
+    if readonly != 0 {
+        let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked_flags(target);
+        mount_path(None, target, None, remount, None)?;
+    }
+    Ok(())
 }
 
 fn create_devices(plan: &InitPlan, new_user: bool) -> Step {
@@ -908,6 +1046,9 @@ pub fn spawn_infra() -> Result<u32, SpawnError> {
 }
 
 fn infra_child() -> Result<i32, String> {
+    // Named before the fork, so the infra has its name from birth (without one it would show the shim's, see
+    // `shim::main`, in the containers' `ps`).
+    nix::sys::prctl::set_name(c"berth-init").map_err(err("prctl(PR_SET_NAME)"))?;
     unshare(CloneFlags::CLONE_NEWPID).map_err(err("unshare(pid)"))?;
     // SAFETY: single-threaded child (see spawn_infra).
     match unsafe { nix::unistd::fork() }.map_err(err("fork"))? {
@@ -951,6 +1092,43 @@ fn infra_main() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_v1_layout_binds_the_containers_own_dirs_only() {
+        let mountinfo = "\
+25 1 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        let own = [
+            PathBuf::from("/sys/fs/cgroup/memory/berth/pod/ctr"),
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/berth/pod/ctr"),
+        ];
+        let layout = cgroup_v1_layout(mountinfo, &own);
+        assert_eq!(
+            layout,
+            [
+                V1Hierarchy {
+                    name: "cpu,cpuacct".into(),
+                    bind: Some(own[1].clone()),
+                    links: vec!["cpu".into(), "cpuacct".into()],
+                },
+                V1Hierarchy {
+                    name: "memory".into(),
+                    bind: Some(own[0].clone()),
+                    links: vec![],
+                },
+                // Not placed in pids: an empty dir, not the host's root cgroup. cgroup2 is left out.
+                V1Hierarchy {
+                    name: "pids".into(),
+                    bind: None,
+                    links: vec![],
+                },
+            ]
+        );
+    }
 
     #[test]
     fn secure_join_keeps_symlinks_inside_the_root() {

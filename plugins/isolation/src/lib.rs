@@ -7,8 +7,8 @@
 //! - [`plugin`] is the `Isolation` implementation berthd uses, talking to shims over [`protocol`].
 //!
 //! Unsafe inventory: [`init`] (fork, capset, seccomp, ioctls in the container's init), `shim::daemon` (fork,
-//! dup2 when detaching), `protocol::adopt` (owning fds received over SCM_RIGHTS), [`pins`] (none: nix
-//! wrappers only). Everything else is safe code.
+//! dup2 when detaching, malloc_trim after requests), `protocol::adopt` (owning fds received over SCM_RIGHTS),
+//! [`pins`] (none: nix wrappers only). Everything else is safe code.
 
 pub mod client;
 pub mod cri_log;

@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use berth_core::plugin::isolation::Isolation;
-use berth_isolation::LinuxIsolation;
 use common::*;
 
 fn memory(pid: u32) -> String {
@@ -36,22 +33,27 @@ fn memory(pid: u32) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn shim_rss() {
-    let mut env = Env::new();
-    let shim = std::env::var("BERTH_SHIM")
-        .map(PathBuf::from)
-        .unwrap_or(PathBuf::from(SHIM));
-    env.iso = LinuxIsolation::new(env.state.clone(), shim.clone(), true);
+    let env = Env::new();
+    println!("shim {}", shim().display());
     let pod = unique("pod");
     env.track_pod(&pod);
     let pid = env.iso.ensure_shim(&pod).await.unwrap();
-    println!("shim {}", shim.display());
-    println!("idle shim:      {}", memory(pid));
-    for n in 1..=3 {
+    println!("idle shim:        {}", memory(pid));
+    // Ten more idle pods: their shims share one sealed copy of the binary, which PSS splits between them.
+    let mut others = Vec::new();
+    for _ in 0..10 {
+        let other = unique("pod");
+        env.track_pod(&other);
+        others.push(env.iso.ensure_shim(&other).await.unwrap());
+    }
+    println!("idle, 11 shims:   {}", memory(pid));
+    for n in 1..=10 {
         let c = env.container(&pod, spec(&["sh", "-c", "echo hello; exec sleep 1000"], "bench"));
         env.iso.create(&c).await.unwrap();
         env.iso.start(&c.id).await.unwrap();
         let _ = sh(&env.iso, &c.id, "true").await;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        println!("{n} container(s): {}", memory(pid));
+        println!("{n:2} container(s):  {}", memory(pid));
     }
+    drop(others);
 }

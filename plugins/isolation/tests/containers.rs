@@ -232,6 +232,30 @@ async fn two_containers_share_one_shim_and_the_pod_namespaces() {
     assert!(!pid_alive(shim));
 }
 
+/// A test's own cgroup dir in one cgroup v1 hierarchy, removed once its processes are gone.
+struct RmCgroup(std::path::PathBuf);
+
+impl RmCgroup {
+    fn create(hierarchy: &str) -> RmCgroup {
+        let dir = std::path::Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(unique("berth-test"));
+        std::fs::create_dir(&dir).unwrap();
+        RmCgroup(dir)
+    }
+}
+
+impl Drop for RmCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn parent_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     stat.rsplit(')')
@@ -249,20 +273,8 @@ async fn exec_joins_the_container_and_supports_a_tty() {
     let env = Env::new();
     let pod = unique("pod");
     env.track_pod(&pod);
-    let cgroup = std::path::PathBuf::from("/sys/fs/cgroup/pids").join(unique("berth-test"));
-    std::fs::create_dir(&cgroup).unwrap();
-    struct RmCgroup(std::path::PathBuf);
-    impl Drop for RmCgroup {
-        fn drop(&mut self) {
-            for _ in 0..100 {
-                if std::fs::remove_dir(&self.0).is_ok() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-    let _cg = RmCgroup(cgroup.clone());
+    let cg = RmCgroup::create("pids");
+    let cgroup = cg.0.clone();
     let script = "for n in pid mnt net uts ipc; do readlink /proc/self/ns/$n; done; grep pids /proc/self/cgroup; \
                   hostname; exec sleep 1000";
     let mut c = env.container(&pod, spec(&["sh", "-c", script], "box-x"));
@@ -710,5 +722,121 @@ async fn attach_joins_the_main_process_and_honours_stdin_once() {
     }
     env.iso.kill(&c.id, libc::SIGKILL).await.unwrap();
     wait_exit(&env.iso, &c.id).await;
+    env.iso.delete(&c.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_is_the_containers_own_devpts() {
+    let env = Env::new();
+    let pod = unique("pod");
+    env.track_pod(&pod);
+    let mut c = env.container(
+        &pod,
+        spec(
+            &["sh", "-c", "tty; readlink /proc/self/fd/0; exec sleep 1000"],
+            "box-tty",
+        ),
+    );
+    c.tty = true;
+    env.iso.create(&c).await.unwrap();
+    env.iso.start(&c.id).await.unwrap();
+    // The main process's pty is the first of the container's devpts newinstance.
+    let log = c.log_path.clone().unwrap();
+    let mut out = String::new();
+    for _ in 0..100 {
+        out = read_log(&log).0;
+        if out.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert_eq!(lines, ["/dev/pts/0", "/dev/pts/0"], "{out:?}");
+
+    // An exec with a tty gets the next pty of the same devpts.
+    let io = env
+        .iso
+        .exec(
+            &c.id,
+            &ExecSpec {
+                args: vec!["sh".into(), "-c".into(), "tty; echo END".into()],
+                tty: true,
+                stdin: false,
+                stdout: true,
+                stderr: false,
+            },
+        )
+        .await
+        .unwrap();
+    let master = io.stdout.unwrap();
+    let out = tokio::task::spawn_blocking(move || read_until(&master, "END"))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.lines().next().map(|l| l.trim_end_matches('\r')),
+        Some("/dev/pts/1"),
+        "{out:?}"
+    );
+    assert_eq!(env.iso.wait_exec(&c.id, &io.session).await.unwrap().code, 0);
+    env.iso.kill(&c.id, libc::SIGKILL).await.unwrap();
+    wait_exit(&env.iso, &c.id).await;
+    env.iso.delete(&c.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_and_infra_processes_have_names() {
+    use berth_core::plugin::isolation::PodIsolation;
+    let env = Env::new();
+    let pod = unique("pod");
+    env.track_pod(&pod);
+    let ns = env
+        .iso
+        .pin_namespaces(&PodIsolation {
+            pod_id: pod.clone(),
+            hostname: "named".into(),
+            shared_pid: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm(env.shim_pid(&pod)), "berth-shim\n");
+    let infra = ns.infra_pid.expect("a shared-PID pod has an infra process");
+    assert_eq!(comm(infra), "berth-init\n");
+    // Inside the pod, PID 1 is the infra process.
+    let mut s = spec(&["sleep", "1000"], "ignored");
+    join_pod(&mut s, &ns);
+    let c = env.container(&pod, s);
+    env.iso.create(&c).await.unwrap();
+    env.iso.start(&c.id).await.unwrap();
+    assert_eq!(sh(&env.iso, &c.id, "cat /proc/1/comm").await.1, "berth-init\n");
+    env.iso.kill(&c.id, libc::SIGKILL).await.unwrap();
+    wait_exit(&env.iso, &c.id).await;
+    env.iso.delete(&c.id).await.unwrap();
+    env.iso.unpin_namespaces(&pod).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_v1_hierarchies_show_the_containers_own_cgroups() {
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!("a cgroup v2 host: nothing to check");
+        return;
+    }
+    let env = Env::new();
+    let pod = unique("pod");
+    env.track_pod(&pod);
+    let cg = RmCgroup::create("memory");
+    let cgroup = cg.0.clone();
+    std::fs::write(cgroup.join("memory.limit_in_bytes"), "67108864").unwrap();
+    let script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; grep -qx 1 /sys/fs/cgroup/memory/cgroup.procs && echo pid1; \
+                  ls /sys/fs/cgroup/pids | wc -l; echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes || echo ro";
+    let mut c = env.container(&pod, spec(&["sh", "-c", script], "box-cg"));
+    c.cgroup_procs = vec![cgroup.join("cgroup.procs")];
+    env.iso.create(&c).await.unwrap();
+    env.iso.start(&c.id).await.unwrap();
+    assert_eq!(wait_exit(&env.iso, &c.id).await.code, 0);
+    let (out, err, _) = read_log(c.log_path.as_ref().unwrap());
+    // Its own limit; itself as PID 1 in its cgroup; the pids hierarchy it was not placed in is empty; read-only.
+    assert_eq!(out, "67108864\npid1\n0\nro\n", "{err}");
     env.iso.delete(&c.id).await.unwrap();
 }

@@ -22,7 +22,7 @@ fn standin_berthd() {
     let pod = std::env::var("BERTH_STANDIN_POD").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let iso = LinuxIsolation::new(PathBuf::from(state), PathBuf::from(SHIM), true);
+        let iso = LinuxIsolation::new(PathBuf::from(state), shim(), true);
         let id = unique("ctr");
         let script = format!("while [ ! -e /tmp/go-{id} ]; do sleep 0.05; done; exit 7");
         let spec = spec(&["sh", "-c", &script], "survivor");

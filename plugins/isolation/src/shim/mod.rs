@@ -60,6 +60,9 @@ pub fn main() -> i32 {
         eprintln!("berth-shim: cannot run from a sealed copy of itself: {e}");
         return 1;
     }
+    // Started from a memfd through `/proc/self/fd/N` (or fexecve), the kernel names this process "N" or
+    // "memfd:berth-shim"; give ps and /proc/PID/comm a real name.
+    let _ = nix::sys::prctl::set_name(c"berth-shim");
     match daemon::daemonize(&args) {
         Ok(daemon::Role::Parent(code)) => code,
         Ok(daemon::Role::Daemon(ready)) => match server::Shim::new(&args) {

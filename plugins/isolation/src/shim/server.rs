@@ -261,9 +261,13 @@ impl Shim {
             if ready_signals {
                 self.handle_signals();
             }
+            let served = !ready_conns.is_empty();
             for i in ready_conns.into_iter().rev() {
                 let conn = self.pending_conns.swap_remove(i);
                 self.serve(conn);
+            }
+            if served {
+                super::daemon::trim_heap();
             }
             if ready_listener {
                 self.accept_all();
@@ -466,7 +470,7 @@ impl Shim {
             Err(e) => return Reply::error(ErrorKind::Internal, format!("opening log: {e}")),
         };
         let terminal = plan.process.terminal;
-        let io = match make_stdio(terminal, want_stdin, true, true) {
+        let mut io = match make_stdio(terminal, want_stdin, true, true) {
             Ok(io) => io,
             Err(e) => return Reply::error(ErrorKind::Internal, format!("stdio: {e}")),
         };
@@ -481,6 +485,12 @@ impl Shim {
                 return Reply::error(ErrorKind::Internal, e.to_string());
             }
         };
+        if let Some(master) = &spawned.pty_master
+            && let Err(e) = io.take_master(master, want_stdin)
+        {
+            let _ = signal_pid(spawned.pid, libc::SIGKILL);
+            return Reply::error(ErrorKind::Internal, format!("pty master of {id}: {e}"));
+        }
         drop(io.child);
         if let Some((asked, used)) = spawned.oom_clamped
             && !self.oom_warned
@@ -498,7 +508,6 @@ impl Shim {
                 outputs.push(Output { fd, stream });
             }
         }
-        let pty_master = io.master.as_ref().and_then(|m| m.try_clone().ok());
         self.containers.insert(
             id.clone(),
             Container {
@@ -510,7 +519,7 @@ impl Shim {
                 outputs,
                 stdin: io.stdin,
                 stdin_once,
-                pty_master,
+                pty_master: spawned.pty_master,
                 attached: Vec::new(),
             },
         );
@@ -621,8 +630,8 @@ impl Shim {
         let mut fds = Vec::new();
         let mut layout = FdLayout::default();
         if tty {
-            let master = io
-                .master
+            let master = spawned
+                .pty_master
                 .ok_or_else(|| Reply::error(ErrorKind::Internal, "no pty master"))?;
             let keep = master.try_clone().ok();
             layout.stdout = true;
@@ -985,7 +994,15 @@ struct Stdio {
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
-    master: Option<OwnedFd>,
+}
+
+impl Stdio {
+    /// With a terminal: the host ends over the pty master the init sent (stdout, and stdin when wanted).
+    fn take_master(&mut self, master: &OwnedFd, stdin: bool) -> std::io::Result<()> {
+        self.stdout = Some(master.try_clone()?);
+        self.stdin = stdin.then(|| master.try_clone()).transpose()?;
+        Ok(())
+    }
 }
 
 fn make_stdio(terminal: bool, stdin: bool, stdout: bool, stderr: bool) -> std::io::Result<Stdio> {
@@ -997,28 +1014,12 @@ fn make_stdio(terminal: bool, stdin: bool, stdout: bool, stderr: bool) -> std::i
             .into())
     };
     if terminal {
-        let pty = nix::pty::openpty(None, None)?;
-        nix::fcntl::fcntl(
-            &pty.master,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )?;
-        nix::fcntl::fcntl(
-            &pty.slave,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )?;
-        let master_out = pty.master.try_clone()?;
-        let master_in = stdin.then(|| pty.master.try_clone()).transpose()?;
+        // The container's init opens the pty in its own devpts and sends the master back (`Spawned::pty_master`).
         return Ok(Stdio {
-            child: ChildStdio {
-                stdin: pty.slave.try_clone()?,
-                stdout: pty.slave.try_clone()?,
-                stderr: pty.slave,
-                terminal: true,
-            },
-            stdin: master_in,
-            stdout: Some(master_out),
+            child: ChildStdio::Terminal,
+            stdin: None,
+            stdout: None,
             stderr: None,
-            master: Some(pty.master),
         });
     }
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
@@ -1041,15 +1042,13 @@ fn make_stdio(terminal: bool, stdin: bool, stdout: bool, stderr: bool) -> std::i
         (None, devnull(true)?)
     };
     Ok(Stdio {
-        child: ChildStdio {
+        child: ChildStdio::Pipes {
             stdin: child_in,
             stdout: child_out,
             stderr: child_err,
-            terminal: false,
         },
         stdin: host_in,
         stdout: host_out,
         stderr: host_err,
-        master: None,
     })
 }

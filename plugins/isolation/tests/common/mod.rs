@@ -14,6 +14,11 @@ use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder, Spec};
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_berth-shim");
 
+/// The shim under test: `BERTH_SHIM` when set (e.g. the static build of `hack/build-shim.sh`), else cargo's.
+pub fn shim() -> PathBuf {
+    std::env::var_os("BERTH_SHIM").map_or_else(|| PathBuf::from(SHIM), PathBuf::from)
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub fn unique(prefix: &str) -> String {
@@ -65,7 +70,7 @@ impl Env {
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).unwrap();
         let rootfs = make_rootfs(dir.path());
-        let iso = LinuxIsolation::new(state.clone(), PathBuf::from(SHIM), true);
+        let iso = LinuxIsolation::new(state.clone(), shim(), true);
         Env {
             dir,
             state,
@@ -77,7 +82,7 @@ impl Env {
 
     /// A fresh plugin instance over the same state dir (a restarted berthd).
     pub fn reopen(&self) -> LinuxIsolation {
-        LinuxIsolation::new(self.state.clone(), PathBuf::from(SHIM), true)
+        LinuxIsolation::new(self.state.clone(), shim(), true)
     }
 
     pub fn track_pod(&self, pod: &str) {
