@@ -502,6 +502,67 @@ async fn bridge_pods_reach_each_other_the_gateway_and_host_ports() {
     assert!(!rules.contains(&pb), "hostPort rules left after teardown:\n{rules}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bridge_cidr_the_bridge_takes_the_kubelet_pod_cidr_and_keeps_it_across_restarts() {
+    let mut b = start_berthd("");
+    // The harness gives every berthd a CIDR: run this one again with `bridge.cidr` empty.
+    b.stop_with(Signal::SIGTERM, Duration::from_secs(20));
+    let config_path = b.dir.path().join("config.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let line = config.lines().find(|l| l.starts_with("cidr = ")).unwrap().to_string();
+    std::fs::write(&config_path, config.replace(&line, "cidr = \"\"")).unwrap();
+    b.respawn("no-cidr.log").unwrap();
+    let mut cri = Cri::new(&b).await;
+
+    let (ready, reason, message) = cri.network_condition().await;
+    assert!(!ready, "ready without a pod CIDR");
+    assert_eq!(reason, "NetworkPluginNotReady");
+    assert!(message.contains("UpdateRuntimeConfig"), "{message}");
+    let e = cri
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(cri.pod_config("early", &PodSpec::default())),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+
+    let n = u32::from_str_radix(&unique("")[2..], 16).unwrap();
+    let pod_cidr = format!("10.{}.{}.0/24", 150 + n % 50, (n >> 8) % 250);
+    let prefix = pod_cidr.trim_end_matches("0/24").to_string();
+    let update = |cidr: &str| UpdateRuntimeConfigRequest {
+        runtime_config: Some(RuntimeConfig {
+            network_config: Some(NetworkConfig { pod_cidr: cidr.into() }),
+        }),
+    };
+    cri.rt.update_runtime_config(update(&pod_cidr)).await.unwrap();
+    assert!(cri.network_condition().await.0);
+    let pod = cri.run_pod("first", &PodSpec::default()).await;
+    let ip = cri.pod_ip(&pod.0).await;
+    assert!(ip.to_string().starts_with(&prefix), "pod IP {ip} is not in {pod_cidr}");
+    assert_eq!(link_ipv4(&b.bridge).to_string(), format!("{prefix}1"));
+    cri.pods.clear(); // kept running across the restart
+    drop(cri);
+
+    // Restarted, it has the CIDR before the kubelet sends one, and a different one later is ignored.
+    b.stop_with(Signal::SIGTERM, Duration::from_secs(20));
+    b.respawn("restarted.log").unwrap();
+    let mut cri = Cri::new(&b).await;
+    assert!(cri.network_condition().await.0);
+    cri.rt.update_runtime_config(update("10.249.249.0/24")).await.unwrap();
+    let second = cri.run_pod("second", &PodSpec::default()).await;
+    let ip2 = cri.pod_ip(&second.0).await;
+    assert!(
+        ip2.to_string().starts_with(&prefix),
+        "pod IP {ip2} is not in {pod_cidr}"
+    );
+    assert_ne!(ip, ip2);
+    let first = cri.pod_ip(&pod.0).await;
+    assert_eq!(first, ip, "the first pod's IP changed across the restart");
+    cri.pods.push(pod.0);
+}
+
 // ---- many pod cycles leave nothing behind ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
