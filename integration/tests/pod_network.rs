@@ -227,6 +227,36 @@ impl<'a> Cri<'a> {
         last
     }
 
+    /// NetworkReady is false naming `why`, and RunPodSandbox fails with FailedPrecondition naming it too.
+    async fn assert_network_not_ready(&mut self, why: &str) {
+        let (ready, reason, message) = self.network_condition().await;
+        assert!(!ready, "NetworkReady while it should not be ({why})");
+        assert_eq!(reason, "NetworkPluginNotReady");
+        assert!(message.contains(why), "{message}");
+        let e = self
+            .rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(self.pod_config("early", &PodSpec::default())),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains(why), "{e:?}");
+    }
+
+    /// UpdateRuntimeConfig with a pod CIDR, as the kubelet sends it.
+    async fn set_pod_cidr(&mut self, cidr: &str) {
+        self.rt
+            .update_runtime_config(UpdateRuntimeConfigRequest {
+                runtime_config: Some(RuntimeConfig {
+                    network_config: Some(NetworkConfig { pod_cidr: cidr.into() }),
+                }),
+            })
+            .await
+            .unwrap();
+    }
+
     async fn network_condition(&mut self) -> (bool, String, String) {
         let status = self
             .rt
@@ -262,6 +292,13 @@ fn start_berthd(config: &str) -> Berthd {
     .unwrap();
     ok_stdout(&b.crictl(&["pull", BUSYBOX]), "crictl pull");
     b
+}
+
+/// A random /24 in 10.<base..base+49>.x.0 and its prefix ("10.a.b."), for a pod CIDR no other test uses.
+fn unique_pod_cidr(base: u32) -> (String, String) {
+    let n = u32::from_str_radix(&unique("")[2..], 16).unwrap();
+    let prefix = format!("10.{}.{}.", base + n % 50, (n >> 8) % 250);
+    (format!("{prefix}0/24"), prefix)
 }
 
 /// A TCP port free on the host right now, from a range the kernel does not hand out as ephemeral.
@@ -514,29 +551,10 @@ async fn without_bridge_cidr_the_bridge_takes_the_kubelet_pod_cidr_and_keeps_it_
     b.respawn("no-cidr.log").unwrap();
     let mut cri = Cri::new(&b).await;
 
-    let (ready, reason, message) = cri.network_condition().await;
-    assert!(!ready, "ready without a pod CIDR");
-    assert_eq!(reason, "NetworkPluginNotReady");
-    assert!(message.contains("UpdateRuntimeConfig"), "{message}");
-    let e = cri
-        .rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(cri.pod_config("early", &PodSpec::default())),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    cri.assert_network_not_ready("UpdateRuntimeConfig").await;
 
-    let n = u32::from_str_radix(&unique("")[2..], 16).unwrap();
-    let pod_cidr = format!("10.{}.{}.0/24", 150 + n % 50, (n >> 8) % 250);
-    let prefix = pod_cidr.trim_end_matches("0/24").to_string();
-    let update = |cidr: &str| UpdateRuntimeConfigRequest {
-        runtime_config: Some(RuntimeConfig {
-            network_config: Some(NetworkConfig { pod_cidr: cidr.into() }),
-        }),
-    };
-    cri.rt.update_runtime_config(update(&pod_cidr)).await.unwrap();
+    let (pod_cidr, prefix) = unique_pod_cidr(150);
+    cri.set_pod_cidr(&pod_cidr).await;
     assert!(cri.network_condition().await.0);
     let pod = cri.run_pod("first", &PodSpec::default()).await;
     let ip = cri.pod_ip(&pod.0).await;
@@ -550,7 +568,7 @@ async fn without_bridge_cidr_the_bridge_takes_the_kubelet_pod_cidr_and_keeps_it_
     b.respawn("restarted.log").unwrap();
     let mut cri = Cri::new(&b).await;
     assert!(cri.network_condition().await.0);
-    cri.rt.update_runtime_config(update("10.249.249.0/24")).await.unwrap();
+    cri.set_pod_cidr("10.249.249.0/24").await;
     let second = cri.run_pod("second", &PodSpec::default()).await;
     let ip2 = cri.pod_ip(&second.0).await;
     assert!(
@@ -670,24 +688,11 @@ async fn cni_with_debian_plugins_is_ready_once_configured_and_connects_pods_and_
     let mut cri = Cri::new(&b).await;
 
     // No conflist yet: not ready, with the reason.
-    let (ready, reason, message) = cri.network_condition().await;
-    assert!(!ready);
-    assert_eq!(reason, "NetworkPluginNotReady");
-    assert!(message.contains("no CNI network config"), "{message}");
-    let e = cri
-        .rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(cri.pod_config("early", &PodSpec::default())),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert!(e.message().contains("no CNI network config"), "{e:?}");
+    cri.assert_network_not_ready("no CNI network config").await;
 
     // The conflist names no subnet: pods get addresses only if the kubelet's pod CIDR (UpdateRuntimeConfig)
     // reaches host-local.
-    let n = u32::from_str_radix(&unique("")[2..], 16).unwrap();
-    let pod_cidr = format!("10.{}.{}.0/24", 200 + n % 50, (n >> 8) % 250);
+    let (pod_cidr, prefix) = unique_pod_cidr(200);
     std::fs::write(
         tmp.path().join("net.d/10-berthit.conflist"),
         debian_conflist(&b).to_string(),
@@ -695,22 +700,12 @@ async fn cni_with_debian_plugins_is_ready_once_configured_and_connects_pods_and_
     .unwrap();
     let (ready, reason, message) = cri.network_condition().await;
     assert!(ready, "{reason}: {message}");
-    cri.rt
-        .update_runtime_config(UpdateRuntimeConfigRequest {
-            runtime_config: Some(RuntimeConfig {
-                network_config: Some(NetworkConfig {
-                    pod_cidr: pod_cidr.clone(),
-                }),
-            }),
-        })
-        .await
-        .unwrap();
+    cri.set_pod_cidr(&pod_cidr).await;
 
     let probe = cri.run_pod("probe", &PodSpec::default()).await;
     let ip = cri.pod_ip(&probe.0).await;
-    let prefix = pod_cidr.trim_end_matches("0/24");
     assert!(
-        ip.to_string().starts_with(prefix),
+        ip.to_string().starts_with(&prefix),
         "pod IP {ip} is not in the pod CIDR {pod_cidr}"
     );
     let gateway = link_ipv4(&b.bridge);
