@@ -481,7 +481,7 @@ async fn check_connectivity(cri: &mut Cri<'_>, gateway: IpAddr) -> (String, u16)
     let a = cri
         .start(&pa, "a", "exec sleep 1000", NamespaceMode::Container, vec![])
         .await;
-    let _b = cri
+    let b = cri
         .start(&pb, "b", &hostname_server(8080), NamespaceMode::Container, vec![])
         .await;
     let (ip_a, ip_b) = (cri.pod_ip(&pa.0).await, cri.pod_ip(&pb.0).await);
@@ -501,11 +501,14 @@ async fn check_connectivity(cri: &mut Cri<'_>, gateway: IpAddr) -> (String, u16)
     assert_eq!(cri.nc_from(&a, gateway, gw_port).await, "from-the-host");
     assert_eq!(server.join().unwrap(), ip_a, "the gateway saw another source address");
 
-    // hostPort from the host's loopback.
+    // hostPort from the host's loopback, from another pod, and from the pod itself (hairpin), the last two
+    // through the host's bridge address.
     assert_eq!(
         host_read_retry(SocketAddr::from(([127, 0, 0, 1], host_port))),
         "pb-host"
     );
+    assert_eq!(cri.nc_from(&a, gateway, host_port).await, "pb-host");
+    assert_eq!(cri.nc_from(&b, gateway, host_port).await, "pb-host");
     (pb.0, host_port)
 }
 
