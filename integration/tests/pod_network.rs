@@ -604,6 +604,20 @@ async fn two_hundred_pod_cycles_leave_no_veth_pin_rule_or_address() {
             };
             let (id, _) = cri.run_pod(&format!("cycle{i}"), &spec).await;
             ips.insert(cri.pod_ip(&id).await);
+            if i == 0 {
+                // What the checks below look for exists while a pod runs.
+                let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+                for kind in ["netns", "ipcns", "utsns"] {
+                    assert!(
+                        mounts.contains(&format!("{state}/{kind}/{id} ")),
+                        "no {kind} pin:\n{mounts}"
+                    );
+                }
+                let links = run("ip", &["-o", "link"]);
+                assert!(links.contains(&format!(" master {} ", b.bridge)), "no veth:\n{links}");
+                let rules = run("nft", &["list", "table", "inet", &table]);
+                assert!(rules.contains(&format!("berth-pod:{id}")), "no hostPort rule:\n{rules}");
+            }
             cri.remove_pod(&id).await;
             ids.push(id);
         }
