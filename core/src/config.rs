@@ -86,7 +86,8 @@ pub struct ImagesConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BridgeConfig {
     pub bridge: String,
-    /// IPv4 pod CIDR; the gateway is its first address.
+    /// IPv4 pod CIDR; the gateway is its first address. Empty: the kubelet's pod CIDR (UpdateRuntimeConfig),
+    /// kept once taken; the network is not ready until it comes.
     pub cidr: String,
     /// Optional IPv6 pod CIDR for dual stack.
     pub cidr_v6: String,

@@ -176,6 +176,7 @@ pub fn run_checks(config: &Config) -> Vec<Item> {
             (None, None) => "neither nft nor iptables: install the nftables package".into(),
         },
     ));
+    items.extend(forwarding_items(config, &read));
     let cni_dir = config.cni.bin_dirs.iter().find(|d| d.join("bridge").is_file());
     items.push(item(
         "CNI bin dir",
@@ -192,6 +193,34 @@ pub fn run_checks(config: &Config) -> Vec<Item> {
     items
 }
 
+/// IPv4 (and, with an IPv6 pod CIDR, IPv6) forwarding: pod egress and hostPorts reached from other hosts
+/// need it. The bridge plugin turns it on when it creates its bridge; CNI plugins (bridge with
+/// `isGateway`) do too. Not required, but a host that turns it off again breaks pods, so say so.
+fn forwarding_items(config: &Config, read: &dyn Fn(&str) -> String) -> Vec<Item> {
+    let mut sysctls = vec![("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward")];
+    if config.plugins.network == "bridge" && !config.bridge.cidr_v6.trim().is_empty() {
+        sysctls.push(("IPv6 forwarding", "/proc/sys/net/ipv6/conf/all/forwarding"));
+    }
+    let who = if config.plugins.network == "bridge" {
+        "berth sets it to 1 when it creates its bridge"
+    } else {
+        "the CNI plugins are expected to set it"
+    };
+    sysctls
+        .into_iter()
+        .map(|(name, path)| {
+            let value = read(path).trim().to_string();
+            let on = value == "1";
+            let detail = if on {
+                format!("{path} = 1")
+            } else {
+                format!("{path} = {value:?}: {who}; pod egress and hostPorts from other hosts need it")
+            };
+            item(name, on, false, detail)
+        })
+        .collect()
+}
+
 /// Prints the report; returns whether every required item is ok.
 pub fn print_report(items: &[Item]) -> bool {
     let mut all_ok = true;
@@ -205,4 +234,28 @@ pub fn print_report(items: &[Item]) -> bool {
         println!("{status:<8} {:<18} {}", i.name, i.detail);
     }
     all_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_is_reported_from_the_sysctls_and_v6_only_with_a_v6_cidr() {
+        let mut config = Config::default();
+        let off = |_: &str| "0\n".to_string();
+        let items = forwarding_items(&config, &off);
+        assert_eq!(items.len(), 1);
+        assert!(!items[0].ok && !items[0].required, "{}", items[0].detail);
+        assert!(items[0].detail.contains("berth sets it"), "{}", items[0].detail);
+        config.bridge.cidr_v6 = "fd00:88::/64".into();
+        let on = |_: &str| "1\n".to_string();
+        let items = forwarding_items(&config, &on);
+        assert_eq!(items.len(), 2);
+        assert!(items.iter().all(|i| i.ok), "{}", items[1].detail);
+        config.plugins.network = "cni".into();
+        let items = forwarding_items(&config, &off);
+        assert_eq!(items.len(), 1);
+        assert!(items[0].detail.contains("CNI plugins"), "{}", items[0].detail);
+    }
 }

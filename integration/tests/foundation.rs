@@ -163,6 +163,7 @@ fn check_reports_the_host() {
         "cgroups",
         "seccomp",
         "pivot_root",
+        "net.ipv4.ip_forward",
     ] {
         assert!(text.lines().any(|l| l.contains(item)), "no {item} line in:\n{text}");
     }

@@ -9,13 +9,14 @@
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::os::fd::AsFd;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use berth_core::config::BridgeConfig;
 use berth_core::plugin::network::{Network, PodNetwork, PodNetworkStatus};
 use berth_core::plugin::{PluginError, PluginResult, Readiness};
-use berth_core::store::Store;
+use berth_core::store::{Store, Table};
 use tokio::sync::{Mutex, OnceCell};
 use tracing::{debug, info, warn};
 
@@ -58,6 +59,12 @@ pub enum BridgeError {
     },
     #[error("a blocking store call panicked: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("no pod CIDR: bridge.cidr is empty and the kubelet has not sent one (UpdateRuntimeConfig) yet")]
+    NoPodCidr,
+    #[error("pod CIDR {0:?} from the kubelet: {1}")]
+    PodCidr(String, String),
+    #[error(transparent)]
+    Store(#[from] berth_core::store::StoreError),
 }
 
 impl From<BridgeError> for PluginError {
@@ -67,7 +74,10 @@ impl From<BridgeError> for PluginError {
                 PluginError::InvalidArgument(e.to_string())
             }
             BridgeError::Nft(NftError::BadMapping { .. }) => PluginError::InvalidArgument(e.to_string()),
-            BridgeError::Ipam(IpamError::Exhausted { .. }) => PluginError::FailedPrecondition(e.to_string()),
+            BridgeError::Ipam(IpamError::Exhausted { .. }) | BridgeError::NoPodCidr => {
+                PluginError::FailedPrecondition(e.to_string())
+            }
+            BridgeError::PodCidr(..) => PluginError::InvalidArgument(e.to_string()),
             BridgeError::Link(LinkError { what, source }) => PluginError::io(what, source),
             BridgeError::Sysctl { path, source } => PluginError::io(format!("write {path}"), source),
             other => PluginError::Internal(other.to_string()),
@@ -78,10 +88,14 @@ impl From<BridgeError> for PluginError {
 pub struct BridgeNetwork {
     bridge: String,
     mtu: u32,
-    /// IPv4 first, then the optional IPv6 range.
-    ranges: Vec<Cidr>,
-    ipam: Ipam,
-    firewall: Firewall,
+    /// IPv4 first, then the optional IPv6 range: from `bridge.cidr`, or when that is empty, the kubelet's pod
+    /// CIDR (kept in the store, so a restarted daemon has it before the kubelet sends it again).
+    ranges: OnceLock<Vec<Cidr>>,
+    /// `bridge.cidr_v6`, added to a pod CIDR from the kubelet that has no IPv6 range.
+    configured_v6: Option<Cidr>,
+    store: Store,
+    masquerade: bool,
+    table: String,
     host: OnceCell<rtnetlink::Handle>,
     nft: Mutex<NftState>,
 }
@@ -106,14 +120,7 @@ impl BridgeNetwork {
         if !(576..=65535).contains(&config.mtu) {
             return Err(bad("bridge.mtu", format!("{} is out of range", config.mtu)));
         }
-        let v4: Cidr = config.cidr.parse().map_err(|source| BridgeError::Config {
-            field: "bridge.cidr",
-            source,
-        })?;
-        if !v4.is_ipv4() {
-            return Err(bad("bridge.cidr", format!("{v4} is not an IPv4 network")));
-        }
-        let mut ranges = vec![v4];
+        let mut configured_v6 = None;
         if !config.cidr_v6.trim().is_empty() {
             let v6: Cidr = config.cidr_v6.parse().map_err(|source| BridgeError::Config {
                 field: "bridge.cidr_v6",
@@ -122,22 +129,79 @@ impl BridgeNetwork {
             if v6.is_ipv4() {
                 return Err(bad("bridge.cidr_v6", format!("{v6} is not an IPv6 network")));
             }
-            ranges.push(v6);
+            configured_v6 = Some(v6);
         }
-        Ok(BridgeNetwork {
-            ipam: Ipam::new(store, format!("bridge:{}", config.bridge), ranges.clone()),
-            firewall: Firewall::new(&config.bridge, ranges.clone(), config.masquerade),
+        let network = BridgeNetwork {
+            table: Firewall::new(&config.bridge, Vec::new(), config.masquerade).table,
             bridge: config.bridge.clone(),
             mtu: config.mtu,
-            ranges,
+            ranges: OnceLock::new(),
+            configured_v6,
+            store,
+            masquerade: config.masquerade,
             host: OnceCell::new(),
             nft: Mutex::new(NftState::default()),
-        })
+        };
+        let ranges = if config.cidr.trim().is_empty() {
+            let kept: Option<String> = network.store.get(Table::Plugins, &network.pod_cidr_key())?;
+            match kept {
+                Some(cidr) => network.ranges_of_pod_cidr(&cidr)?,
+                None => return Ok(network),
+            }
+        } else {
+            let v4: Cidr = config.cidr.parse().map_err(|source| BridgeError::Config {
+                field: "bridge.cidr",
+                source,
+            })?;
+            if !v4.is_ipv4() {
+                return Err(bad("bridge.cidr", format!("{v4} is not an IPv4 network")));
+            }
+            [Some(v4), configured_v6].into_iter().flatten().collect()
+        };
+        let _ = network.ranges.set(ranges);
+        Ok(network)
     }
 
     /// The nftables table this plugin owns.
     pub fn nft_table(&self) -> &str {
-        &self.firewall.table
+        &self.table
+    }
+
+    fn pod_cidr_key(&self) -> String {
+        format!("bridge:{}/pod_cidr", self.bridge)
+    }
+
+    /// The ranges of a kubelet pod CIDR (`v4` or `v4,v6`, either order); `bridge.cidr_v6` fills in a
+    /// missing IPv6 range.
+    fn ranges_of_pod_cidr(&self, cidr: &str) -> Result<Vec<Cidr>, BridgeError> {
+        let bad = |m: String| BridgeError::PodCidr(cidr.to_string(), m);
+        let parsed = cidr
+            .split(',')
+            .map(|c| c.trim().parse::<Cidr>().map_err(|e| bad(e.to_string())))
+            .collect::<Result<Vec<Cidr>, _>>()?;
+        let v4 = parsed.iter().find(|c| c.is_ipv4()).copied();
+        let v6 = parsed.iter().find(|c| !c.is_ipv4()).copied().or(self.configured_v6);
+        let Some(v4) = v4 else {
+            return Err(bad("the bridge plugin needs an IPv4 range".into()));
+        };
+        Ok([Some(v4), v6].into_iter().flatten().collect())
+    }
+
+    /// The pod ranges, or NoPodCidr while there are none yet.
+    fn ranges(&self) -> Result<&[Cidr], BridgeError> {
+        self.ranges.get().map(Vec::as_slice).ok_or(BridgeError::NoPodCidr)
+    }
+
+    /// The allocator; without ranges it can still list and release what pods hold.
+    fn ipam(&self) -> Ipam {
+        let ranges = self.ranges.get().cloned().unwrap_or_default();
+        Ipam::new(self.store.clone(), format!("bridge:{}", self.bridge), ranges)
+    }
+
+    /// The nftables rules; without ranges it can still list and delete pod rules.
+    fn firewall(&self) -> Firewall {
+        let ranges = self.ranges.get().cloned().unwrap_or_default();
+        Firewall::new(&self.bridge, ranges, self.masquerade)
     }
 
     /// The host-side veth name of a pod: `bv` + 12 hex digits of a hash of bridge and pod id (≤ 15 chars).
@@ -165,7 +229,7 @@ impl BridgeNetwork {
         &self,
         f: impl FnOnce(Ipam) -> Result<T, IpamError> + Send + 'static,
     ) -> Result<T, BridgeError> {
-        let ipam = self.ipam.clone();
+        let ipam = self.ipam();
         Ok(tokio::task::spawn_blocking(move || f(ipam)).await??)
     }
 
@@ -176,7 +240,7 @@ impl BridgeNetwork {
             &BridgeSpec {
                 name: &self.bridge,
                 mtu: self.mtu,
-                gateways: &self.ranges,
+                gateways: self.ranges()?,
             },
         )
         .await?;
@@ -184,7 +248,7 @@ impl BridgeNetwork {
         // traffic from 127.0.0.1, DNATed to a pod, is not dropped as martian on the bridge.
         sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         sysctl(&format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.bridge), "1")?;
-        if self.ranges.iter().any(|r| !r.is_ipv4()) {
+        if self.ranges()?.iter().any(|r| !r.is_ipv4()) {
             sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
         }
         Ok(index)
@@ -192,7 +256,8 @@ impl BridgeNetwork {
 
     async fn apply_base_rules(&self, state: &mut NftState) -> Result<(), BridgeError> {
         if !state.base_applied {
-            self.firewall.apply("base rules", &self.firewall.base_script()).await?;
+            let firewall = self.firewall();
+            firewall.apply("base rules", &firewall.base_script()).await?;
             state.base_applied = true;
         }
         Ok(())
@@ -200,6 +265,7 @@ impl BridgeNetwork {
 
     async fn setup_pod(&self, pod: &PodNetwork) -> Result<PodNetworkStatus, BridgeError> {
         check_pod_id(&pod.pod_id)?;
+        self.ranges()?;
         let netns_file = netns::open(&pod.netns_path)?;
         let id = pod.pod_id.clone();
         let addrs = self.blocking(move |ipam| ipam.allocate(&id)).await?;
@@ -222,12 +288,13 @@ impl BridgeNetwork {
         link::configure_pod(&pod_nl, POD_IFNAME, &addrs).await?;
         drop(pod_nl);
         let ips: Vec<IpAddr> = addrs.iter().map(|(ip, _)| *ip).collect();
-        let script = self.firewall.pod_script(&pod.pod_id, &pod.port_mappings, &ips)?;
+        let firewall = self.firewall();
+        let script = firewall.pod_script(&pod.pod_id, &pod.port_mappings, &ips)?;
         if !script.is_empty() {
             let mut state = self.nft.lock().await;
             // Recorded first: if the apply half-fails in some way nft does not report, teardown still looks.
             state.pods_with_rules.insert(pod.pod_id.clone());
-            self.firewall.apply("add hostPort rules", &script).await?;
+            firewall.apply("add hostPort rules", &script).await?;
         }
         Ok(PodNetworkStatus {
             ips,
@@ -243,15 +310,15 @@ impl BridgeNetwork {
         {
             let mut state = self.nft.lock().await;
             if state.pods_with_rules.contains(pod_id) {
-                let rules: Vec<_> = self
-                    .firewall
+                let firewall = self.firewall();
+                let rules: Vec<_> = firewall
                     .pod_rules()
                     .await?
                     .into_iter()
                     .filter(|r| r.pod_id == pod_id)
                     .collect();
-                self.firewall
-                    .apply("delete hostPort rules", &self.firewall.delete_script(&rules))
+                firewall
+                    .apply("delete hostPort rules", &firewall.delete_script(&rules))
                     .await?;
                 state.pods_with_rules.remove(pod_id);
             }
@@ -264,19 +331,43 @@ impl BridgeNetwork {
         Ok(())
     }
 
+    /// Takes the kubelet's pod CIDR when `bridge.cidr` is empty and none was taken before, and keeps it in
+    /// the store. Once there are ranges they stay: changing them under running pods would strand them.
+    async fn take_pod_cidr(&self, cidr: &str) -> Result<(), BridgeError> {
+        if cidr.trim().is_empty() {
+            return Ok(());
+        }
+        if let Some(current) = self.ranges.get() {
+            if self.ranges_of_pod_cidr(cidr).ok().as_ref() != Some(current) {
+                info!(pod_cidr = cidr, current = ?current, "ignoring the kubelet pod CIDR: the bridge keeps its range");
+            }
+            return Ok(());
+        }
+        let ranges = self.ranges_of_pod_cidr(cidr)?;
+        let (store, key, value) = (self.store.clone(), self.pod_cidr_key(), cidr.to_string());
+        tokio::task::spawn_blocking(move || store.put(Table::Plugins, &key, &value)).await??;
+        info!(
+            pod_cidr = cidr,
+            "bridge.cidr is empty: the bridge uses the kubelet pod CIDR"
+        );
+        let _ = self.ranges.set(ranges);
+        Ok(())
+    }
+
     async fn reconcile_pods(&self, live: &[String]) -> Result<(), BridgeError> {
         let live: BTreeSet<&str> = live.iter().map(String::as_str).collect();
         {
             let mut state = self.nft.lock().await;
-            let rules = self.firewall.pod_rules().await?;
+            let firewall = self.firewall();
+            let rules = firewall.pod_rules().await?;
             let (stale, kept): (Vec<_>, Vec<_>) = rules.into_iter().partition(|r| !live.contains(r.pod_id.as_str()));
             if !stale.is_empty() {
                 info!(
                     rules = stale.len(),
                     "removing hostPort rules of pods that no longer exist"
                 );
-                self.firewall
-                    .apply("delete stale hostPort rules", &self.firewall.delete_script(&stale))
+                firewall
+                    .apply("delete stale hostPort rules", &firewall.delete_script(&stale))
                     .await?;
             }
             state.pods_with_rules = kept.into_iter().map(|r| r.pod_id).collect();
@@ -304,7 +395,10 @@ impl BridgeNetwork {
 #[async_trait]
 impl Network for BridgeNetwork {
     async fn readiness(&self) -> Readiness {
-        Readiness::ready()
+        match self.ranges() {
+            Ok(_) => Readiness::ready(),
+            Err(e) => Readiness::not_ready("NetworkPluginNotReady", e.to_string()),
+        }
     }
 
     async fn setup(&self, pod: &PodNetwork) -> PluginResult<PodNetworkStatus> {
@@ -330,11 +424,7 @@ impl Network for BridgeNetwork {
     }
 
     async fn update_pod_cidr(&self, cidr: &str) -> PluginResult<()> {
-        // The bridge's range comes from berth's config: changing it under running pods would strand them.
-        if !cidr.is_empty() && cidr.parse::<Cidr>().ok() != self.ranges.first().copied() {
-            info!(pod_cidr = cidr, configured = %self.ranges[0], "ignoring the kubelet pod CIDR: bridge.cidr is used");
-        }
-        Ok(())
+        Ok(self.take_pod_cidr(cidr).await?)
     }
 
     async fn reconcile(&self, live_pods: &[String]) -> PluginResult<()> {
@@ -417,5 +507,44 @@ mod tests {
             n.veth_name("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
         );
         assert!(check_pod_id("bad\"id").is_err());
+    }
+
+    #[tokio::test]
+    async fn without_bridge_cidr_the_kubelet_pod_cidr_is_taken_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("m.redb")).unwrap();
+        let config = BridgeConfig {
+            cidr: String::new(),
+            cidr_v6: "fd00:5::/64".into(),
+            ..BridgeConfig::default()
+        };
+        let n = BridgeNetwork::new(&config, store.clone()).unwrap();
+        let r = n.readiness().await;
+        assert!(!r.ready && r.message.contains("UpdateRuntimeConfig"), "{r:?}");
+        assert!(matches!(n.ranges(), Err(BridgeError::NoPodCidr)));
+        // Not IPv4, not a CIDR: refused, nothing taken.
+        for bad in ["fd00:9::/64", "10.1.2.0/33", "nonsense"] {
+            let e = n.update_pod_cidr(bad).await.unwrap_err();
+            assert!(matches!(e, PluginError::InvalidArgument(_)), "{bad}: {e:?}");
+        }
+        assert!(!n.readiness().await.ready);
+        n.update_pod_cidr("").await.unwrap();
+        n.update_pod_cidr("10.7.3.0/24").await.unwrap();
+        assert!(n.readiness().await.ready);
+        let want: Vec<Cidr> = vec!["10.7.3.0/24".parse().unwrap(), "fd00:5::/64".parse().unwrap()];
+        assert_eq!(n.ranges().unwrap(), &want[..]);
+        // A later, different CIDR does not move the bridge under its pods.
+        n.update_pod_cidr("10.8.0.0/24").await.unwrap();
+        assert_eq!(n.ranges().unwrap(), &want[..]);
+        drop(n);
+        // A restarted daemon has it before the kubelet sends it again.
+        let again = BridgeNetwork::new(&config, store).unwrap();
+        assert_eq!(again.ranges().unwrap(), &want[..]);
+        // The kubelet's own IPv6 range wins over bridge.cidr_v6.
+        let dual = again.ranges_of_pod_cidr("fd00:6::/64, 10.9.0.0/16").unwrap();
+        assert_eq!(
+            dual,
+            vec!["10.9.0.0/16".parse::<Cidr>().unwrap(), "fd00:6::/64".parse().unwrap()]
+        );
     }
 }
