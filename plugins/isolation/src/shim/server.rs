@@ -629,7 +629,7 @@ impl Shim {
         plan.process.args = args;
         plan.process.terminal = tty;
         plan.process.oom_score_adj = None;
-        let io = make_stdio(tty, want.stdin, want.stdout, want.stderr)
+        let io = make_stdio_in(Some(c.pid), tty, want.stdin, want.stdout, want.stderr)
             .map_err(|e| Reply::error(ErrorKind::Internal, format!("stdio: {e}")))?;
         let ctx = SpawnContext {
             exec: true,
@@ -1011,6 +1011,44 @@ struct Stdio {
 }
 
 fn make_stdio(terminal: bool, stdin: bool, stdout: bool, stderr: bool) -> std::io::Result<Stdio> {
+    make_stdio_in(None, terminal, stdin, stdout, stderr)
+}
+
+/// A pty of the devpts instance mounted at `/dev/pts` in the container of `pid`, so that the process sees its
+/// terminal under its own `/dev/pts` (`tty`, `ttyname`) as runc's console does. The paths are resolved inside
+/// the container's root: its symlinks cannot lead out of it.
+#[allow(unsafe_code)]
+fn container_pty(pid: u32) -> nix::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
+    use nix::sys::stat::Mode;
+    let root = open(
+        format!("/proc/{pid}/root").as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+    };
+    let ptmx = openat2(&root, "dev/pts/ptmx", how())?;
+    // SAFETY: `ptmx` is a freshly opened pseudo-terminal multiplexer, owned by nothing else.
+    let master = unsafe { nix::pty::PtyMaster::from_owned_fd(ptmx) };
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    // ptsname_r formats the pty's number as "/dev/pts/N": the same N in the container's instance.
+    let name = nix::pty::ptsname_r(&master)?;
+    let slave = openat2(&root, name.trim_start_matches('/'), how())?;
+    Ok((master.into(), slave))
+}
+
+fn make_stdio_in(
+    container_pid: Option<u32>,
+    terminal: bool,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+) -> std::io::Result<Stdio> {
     let devnull = |write: bool| -> std::io::Result<OwnedFd> {
         Ok(std::fs::OpenOptions::new()
             .read(!write)
@@ -1019,7 +1057,11 @@ fn make_stdio(terminal: bool, stdin: bool, stdout: bool, stderr: bool) -> std::i
             .into())
     };
     if terminal {
-        let pty = nix::pty::openpty(None, None)?;
+        // The host's devpts when the container has none of its own.
+        let pty = match container_pid.map(container_pty) {
+            Some(Ok((master, slave))) => nix::pty::OpenptyResult { master, slave },
+            _ => nix::pty::openpty(None, None)?,
+        };
         nix::fcntl::fcntl(
             &pty.master,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
