@@ -546,6 +546,7 @@ fn port_forward_moves_20_mb_each_way_without_buffering_it() {
         assert_eq!(got.split_whitespace().next(), Some(upload_sum.as_str()), "{transport}");
     }
     let grown = vm_hwm_kb(berthd).saturating_sub(before);
+    eprintln!("berthd peak RSS: {before} kB before, grew by {grown} kB");
     assert!(
         grown < 12 * 1024,
         "berthd's peak memory grew by {grown} kB while 80 MB went through it"
