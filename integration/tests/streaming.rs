@@ -458,7 +458,7 @@ fn wait_httpd(pod: &Pod, ctr: &str) {
 
 #[test]
 fn port_forward_to_httpd_in_a_pod_with_parallel_connections() {
-    let (pod, ctr) = httpd_pod("pf");
+    let (pod, _ctr) = httpd_pod("pf");
     for transport in TRANSPORTS {
         let (local, _forward) = port_forward(&pod, transport, 8080);
         for round in 0..2 {
