@@ -27,6 +27,9 @@ step "cgroup v2, for real, in a VM (this host is cgroup v1)"
 "$HACK/install-deps.sh" --vm --no-tools --no-debs
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$HACK/vm-test.sh" cargo test -p berth-cgroups --test v2
 
+step "fuzz: each cargo-fuzz target for 30 s (nightly)"
+"$HACK/fuzz.sh" 30
+
 step "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

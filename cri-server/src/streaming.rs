@@ -26,6 +26,14 @@ impl StreamBackend for Backend {
         self.0.plugins().isolation.wait_exec(container_id, session).await
     }
 
+    async fn kill_exec(&self, container_id: &str, session: &str) -> PluginResult<()> {
+        self.0
+            .plugins()
+            .isolation
+            .kill_exec(container_id, session, nix::libc::SIGKILL)
+            .await
+    }
+
     async fn attach(&self, container_id: &str, stdin: bool, stdout: bool, stderr: bool) -> PluginResult<ProcessIo> {
         self.0
             .plugins()

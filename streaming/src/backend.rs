@@ -30,6 +30,9 @@ pub trait StreamBackend: Send + Sync + 'static {
     /// Waits for an exec's process to exit.
     async fn wait_exec(&self, container_id: &str, session: &str) -> PluginResult<ExitStatus>;
 
+    /// Kills an exec's process (SIGKILL): its client went away. A no-op once it has exited.
+    async fn kill_exec(&self, container_id: &str, session: &str) -> PluginResult<()>;
+
     /// Joins the stdio of the container's main process; the tty decides itself (the container has one or not).
     async fn attach(&self, container_id: &str, stdin: bool, stdout: bool, stderr: bool) -> PluginResult<ProcessIo>;
 

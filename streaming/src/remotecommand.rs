@@ -166,7 +166,7 @@ pub(crate) fn websocket_readable(command: &Command) -> [bool; 5] {
 }
 
 /// Runs the session to its end and writes the outcome on the error stream. `disconnected` resolves when the
-/// client is gone; an exec's process then keeps running until it notices its closed stdio.
+/// client is gone; an exec's process is then killed, as containerd does (an attach leaves the container be).
 pub(crate) async fn run(
     backend: Arc<dyn StreamBackend>,
     command: Command,
@@ -331,6 +331,12 @@ async fn pump(
     };
     for task in outputs.iter().chain(&aux).chain(stdin_task.iter()) {
         task.abort();
+    }
+    if outcome.is_none() && matches!(command, Command::Exec(_)) {
+        tracing::info!(container = %container_id, %session, "exec client went away: killing its process");
+        if let Err(e) = backend.kill_exec(&container_id, &session).await {
+            tracing::debug!(container = %container_id, %session, error = %e, "killing a disconnected exec failed");
+        }
     }
     outcome
 }

@@ -181,33 +181,49 @@ async fn exec_process_outliving_its_output_is_not_waited_for_forever() {
     assert_eq!(out.exit_code(), Some(0));
 }
 
-#[tokio::test]
-async fn a_vanished_client_closes_the_process_stdin() {
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("done");
-    let server = start(Arc::new(HostBackend::with_container("c1"))).await;
-    let script = format!("cat >/dev/null; touch {}", marker.display());
-    let url = server.exec_url(exec(&script, false, true)).unwrap();
-    let up = support::client::spdy_upgrade(&url, SPDY_V4).await;
-    assert_eq!(up.status, 101);
-    let session =
-        berth_streaming::spdy::Session::new(up.stream, berth_streaming::spdy::Role::Client, Default::default());
-    for kind in ["error", "stdin", "stdout", "stderr"] {
-        let h = support::client::stream_headers(&[("streamType", kind)]);
-        let (_rd, mut wr) = session.open(h).await.unwrap();
-        if kind == "stdin" {
-            wr.write(b"some input, never closed\n").await.unwrap();
-        }
-        std::mem::forget(wr);
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!marker.exists());
-    // The client vanishes without half-closing stdin.
-    drop(session);
+/// The pid of the one exec process `backend` runs, once it runs.
+async fn exec_pid(backend: &HostBackend) -> u32 {
     within(10, async {
-        while !marker.exists() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        loop {
+            if let Some(pid) = backend.exec_pids.lock().unwrap().values().next() {
+                return *pid;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
-    .await;
+    .await
+}
+
+async fn wait_gone(pid: u32) {
+    within(10, async {
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// containerd's behaviour: a client that vanishes (here without even half-closing) takes its exec with it.
+#[tokio::test]
+async fn an_exec_whose_client_disconnects_is_killed() {
+    for transport in ["spdy", "websocket"] {
+        let backend = Arc::new(HostBackend::with_container("c1"));
+        let server = start(backend.clone()).await;
+        let url = server.exec_url(exec("sleep 1000", false, false)).unwrap();
+        let connection: Box<dyn std::any::Any> = if transport == "spdy" {
+            let (session, _) = spdy_session(&url, SPDY_V4).await;
+            let mut streams = Vec::new();
+            for kind in ["error", "stdout", "stderr"] {
+                let headers = support::client::stream_headers(&[("streamType", kind)]);
+                streams.push(session.open(headers).await.unwrap());
+            }
+            Box::new((session, streams))
+        } else {
+            Box::new(ws_connect(&url, &["v5.channel.k8s.io"]).await.unwrap())
+        };
+        let pid = exec_pid(&backend).await;
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        drop(connection);
+        wait_gone(pid).await;
+    }
 }

@@ -163,6 +163,9 @@ pub trait Isolation: Send + Sync + 'static {
 
     async fn wait_exec(&self, id: &str, session: &str) -> PluginResult<ExitStatus>;
 
+    /// Signals a streaming exec's process (its client went away, say); a no-op once it has exited.
+    async fn kill_exec(&self, id: &str, session: &str, signal: i32) -> PluginResult<()>;
+
     /// Joins the main process's stdio.
     async fn attach(&self, id: &str, stdin: bool, stdout: bool, stderr: bool) -> PluginResult<ProcessIo>;
 

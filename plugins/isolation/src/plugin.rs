@@ -462,12 +462,7 @@ impl Isolation for LinuxIsolation {
             blocking(move || Ok(collect_output(io.stdout, io.stderr, deadline, max_output))).await?;
         let session = io.session;
         if timed_out {
-            let request = Request::KillExec {
-                id: id.into(),
-                session: session.clone(),
-                signal: libc::SIGKILL,
-            };
-            self.call(id, request, CALL_TIMEOUT).await?;
+            self.kill_exec(id, &session, libc::SIGKILL).await?;
         }
         let exit = self.wait_exec(id, &session).await?;
         Ok(ExecOutput {
@@ -510,6 +505,15 @@ impl Isolation for LinuxIsolation {
                 return Ok(exit);
             }
         }
+    }
+
+    async fn kill_exec(&self, id: &str, session: &str, signal: i32) -> PluginResult<()> {
+        let request = Request::KillExec {
+            id: id.into(),
+            session: session.into(),
+            signal,
+        };
+        self.call_ok(id, request).await
     }
 
     async fn attach(&self, id: &str, stdin: bool, stdout: bool, stderr: bool) -> PluginResult<ProcessIo> {

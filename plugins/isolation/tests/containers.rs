@@ -783,6 +783,50 @@ async fn terminal_is_the_containers_own_devpts() {
     env.iso.delete(&c.id).await.unwrap();
 }
 
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_attaches_of_a_silent_container_leave_no_fds_in_the_shim() {
+    let env = Env::new();
+    let pod = unique("pod");
+    env.track_pod(&pod);
+    let mut c = env.container(&pod, spec(&["sleep", "1000"], "box-silent"));
+    c.stdin = true;
+    env.iso.create(&c).await.unwrap();
+    env.iso.start(&c.id).await.unwrap();
+    let shim = env.shim_pid(&pod);
+    // One attach first, so that whatever the shim allocates once is counted in the baseline.
+    drop(env.iso.attach(&c.id, true, true, true).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = fd_count(shim);
+    for _ in 0..50 {
+        let io = env.iso.attach(&c.id, true, true, true).await.unwrap();
+        assert!(io.stdout.is_some() && io.stderr.is_some());
+        // Detach: the client side goes away while the container says nothing.
+        drop(io);
+    }
+    // The shim notices each closed reader on its next poll wakeup: one more request is enough.
+    env.iso.state(&c.id).await.unwrap();
+    let mut after = fd_count(shim);
+    for _ in 0..50 {
+        if after <= before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = fd_count(shim);
+    }
+    assert!(
+        after <= before,
+        "shim fds grew from {before} to {after} after 50 detached attaches"
+    );
+    assert!(running(&env.iso, &c.id).await);
+    env.iso.kill(&c.id, libc::SIGKILL).await.unwrap();
+    wait_exit(&env.iso, &c.id).await;
+    env.iso.delete(&c.id).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shim_and_infra_processes_have_names() {
     use berth_core::plugin::isolation::PodIsolation;

@@ -30,6 +30,8 @@ pub struct HostBackend {
     /// Attachable main processes by container id.
     mains: Mutex<HashMap<String, MainProcess>>,
     exits: Mutex<HashMap<String, oneshot::Receiver<ExitStatus>>>,
+    /// Exec processes by session, until they are waited for.
+    pub exec_pids: Mutex<HashMap<String, u32>>,
     /// Pty masters by exec session ("" + container id for main processes), for resizes.
     masters: Mutex<HashMap<String, OwnedFd>>,
     pub resizes: Mutex<Vec<(String, String, TerminalSize)>>,
@@ -163,6 +165,9 @@ impl StreamBackend for HostBackend {
             };
             (child, io)
         };
+        if let Some(pid) = child.id() {
+            self.exec_pids.lock().unwrap().insert(session.clone(), pid);
+        }
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
             if let Ok(status) = child.wait().await {
@@ -181,8 +186,19 @@ impl StreamBackend for HostBackend {
             .remove(session)
             .ok_or_else(|| PluginError::NotFound(format!("exec session {session}")))?;
         let status = rx.await.map_err(internal)?;
+        self.exec_pids.lock().unwrap().remove(session);
         self.masters.lock().unwrap().remove(session);
         Ok(status)
+    }
+
+    async fn kill_exec(&self, _container_id: &str, session: &str) -> PluginResult<()> {
+        if let Some(pid) = self.exec_pids.lock().unwrap().get(session) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Ok(())
     }
 
     async fn attach(&self, container_id: &str, stdin: bool, stdout: bool, stderr: bool) -> PluginResult<ProcessIo> {

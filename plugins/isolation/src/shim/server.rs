@@ -219,7 +219,7 @@ impl Shim {
                 .min()
                 .map(|d| PollTimeout::try_from(d.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX))
                 .unwrap_or(PollTimeout::NONE);
-            let (ready_listener, ready_signals, ready_conns, ready_outputs) = {
+            let (ready_listener, ready_signals, ready_conns, ready_outputs, gone_readers) = {
                 let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
@@ -234,8 +234,18 @@ impl Shim {
                         output_keys.push((id.clone(), i));
                     }
                 }
+                // Attach pipes' write ends, for POLLERR alone: their reader detached. Without this, a silent
+                // container would keep one write end per past attach until it next wrote.
+                let first_attached = fds.len();
+                let mut attached_keys = Vec::new();
+                for (id, c) in &self.containers {
+                    for (_, w) in &c.attached {
+                        fds.push(PollFd::new(w.as_fd(), PollFlags::empty()));
+                        attached_keys.push((id.clone(), w.as_raw_fd()));
+                    }
+                }
                 match poll(&mut fds, timeout) {
-                    Err(nix::errno::Errno::EINTR) | Ok(0) => (false, false, Vec::new(), Vec::new()),
+                    Err(nix::errno::Errno::EINTR) | Ok(0) => (false, false, Vec::new(), Vec::new(), Vec::new()),
                     Err(e) => {
                         shim_log(format_args!("poll: {e}"));
                         std::thread::sleep(Duration::from_millis(100));
@@ -251,10 +261,22 @@ impl Shim {
                             .filter(|(i, _)| ready(&fds[2 + n_conns + i]))
                             .map(|(_, k)| k)
                             .collect();
-                        (ready(&fds[0]), ready(&fds[1]), conns, outputs)
+                        let gone: Vec<(String, RawFd)> = attached_keys
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(i, _)| ready(&fds[first_attached + i]))
+                            .map(|(_, k)| k)
+                            .collect();
+                        (ready(&fds[0]), ready(&fds[1]), conns, outputs, gone)
                     }
                 }
             };
+            // First, while no new descriptor can have taken a closed one's number.
+            for (id, fd) in gone_readers {
+                if let Some(c) = self.containers.get_mut(&id) {
+                    c.attached.retain(|(_, w)| w.as_raw_fd() != fd);
+                }
+            }
             for (id, index) in ready_outputs.into_iter().rev() {
                 self.pump_output(&id, index);
             }
