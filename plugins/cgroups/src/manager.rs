@@ -146,7 +146,9 @@ impl Cgroupfs {
                 Backend::V1(b) => b
                     .apply(&mut tx, path, r)
                     .and_then(|()| if container { b.apply_devices(path, r) } else { Ok(()) }),
-                Backend::V2(b) => b.apply(&mut tx, path, r),
+                Backend::V2(b) => b
+                    .apply(&mut tx, path, r)
+                    .and_then(|()| if container { b.apply_devices(path, r) } else { Ok(()) }),
             };
             if applied.is_err() && existed {
                 tx.rollback();
