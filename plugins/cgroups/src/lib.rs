@@ -18,6 +18,7 @@ pub mod detect;
 pub mod devices;
 pub mod error;
 pub mod file;
+pub mod hugetlb;
 mod kill;
 pub mod limits;
 pub mod manager;

@@ -7,7 +7,6 @@
 pub mod cpu;
 pub mod cpuset;
 pub mod devices;
-pub mod hugetlb;
 pub mod memory;
 pub mod pids;
 pub mod unified;
@@ -18,6 +17,7 @@ use berth_core::plugin::resources::{CgroupPath, CgroupStats, LinuxResources};
 
 use crate::error::Result;
 use crate::file::{Tx, read_opt, write};
+use crate::hugetlb;
 use crate::path::dir_in;
 
 /// Controllers berth enables for its subtrees when the parent offers them.
@@ -87,7 +87,7 @@ impl V2<'_> {
         cpuset::apply(tx, &d, r)?;
         memory::apply(tx, &d, r)?;
         pids::apply(tx, &d, r.pids_limit)?;
-        hugetlb::apply(tx, &d, &r.hugepage_limits)?;
+        hugetlb::apply(tx, &d, &r.hugepage_limits, hugetlb::V2_LIMIT)?;
         unified::apply(tx, &d, &r.unified)?;
         Ok(())
     }
