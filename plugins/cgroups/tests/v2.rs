@@ -172,3 +172,34 @@ fn device_program_allows_defaults_and_requested_devices_only() {
     // The control: the same node opens outside the containers' cgroups.
     std::fs::File::open(dir.path().join("plain")).expect("open the node outside the cgroup");
 }
+
+/// The pod's own processes (shim, infra) live in a leaf under the pod cgroup: with one running there, a new
+/// container still gets the memory and pids controllers (v2's "no internal processes" rule would refuse them
+/// if the pod cgroup itself held a process).
+#[test]
+fn a_running_pod_infra_process_does_not_block_container_limits() {
+    let Some(fx) = fixture() else { return };
+    let pod = fx.pod("pod");
+    let infra = fx.cg.infra_path(&pod).unwrap();
+    assert_ne!(infra, pod);
+    let files = fx.cg.infra_procs_files(&pod);
+    assert_eq!(files, fx.cg.procs_files(&infra));
+    let p = fx.spawn(&infra, "exec sleep 60");
+    assert!(fx.joined(&p, &infra));
+    let c = fx
+        .cg
+        .create_container(
+            &pod,
+            "ctr",
+            &LinuxResources {
+                memory_limit_in_bytes: 48 * MIB,
+                pids_limit: Some(30),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(fx.read("memory", &c, "memory.max"), (48 * MIB).to_string());
+    assert_eq!(fx.read("pids", &c, "pids.max"), "30");
+    fx.cg.remove(&pod).unwrap();
+    assert!(fx.cg.list(&fx.parent).unwrap().is_empty());
+}
