@@ -26,6 +26,10 @@ BERTH_SKIP_DEPS=1 "$HACK/critest.sh" --ci
 step "cgroup v2, for real, in a VM (this host is cgroup v1)"
 "$HACK/install-deps.sh" --vm --no-tools --no-debs
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$HACK/vm-test.sh" cargo test -p berth-cgroups --test v2
+# berthd itself on cgroup v2: its binaries and the test images' OCI layout (built by the critest step) go along.
+bin=$(cd "${CARGO_TARGET_DIR:-$HACK/../target}/debug" && pwd)
+BERTH_VM_EXTRA="$bin/berthd:$bin/berth-shim:${BERTH_TEST_IMAGES_WORKDIR:-/var/cache/berth-test-images}/oci-base" \
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$HACK/vm-test.sh" cargo test -p berth-integration --test vm_smoke
 
 step "fuzz: each cargo-fuzz target for 30 s (nightly)"
 "$HACK/fuzz.sh" 30

@@ -46,7 +46,8 @@ pub enum RegistryError {
         /// Dynamic plugins that failed to load, in case the name was meant to come from one of them.
         failed: String,
     },
-    #[error("{kind} plugin {name:?} failed to start: {source}")]
+    // The reason is the source: `{:#}` prints the chain, so naming it here too printed it twice.
+    #[error("{kind} plugin {name:?} failed to start")]
     Init {
         kind: PluginKind,
         name: String,

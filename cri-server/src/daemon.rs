@@ -159,7 +159,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let max_msg = config.grpc.max_message_bytes;
     // Bind first: a second berthd must fail before it touches the store or plugins.
     let socket = CriSocket::bind(&socket_path)?;
-    let services = start_services(config).await?;
+    let services = match start_services(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Nobody will serve it: a socket file left here would look like a berthd that crashed.
+            let _ = std::fs::remove_file(&socket.path);
+            return Err(e);
+        }
+    };
     info!(socket = %socket.path.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving CRI v1");
 
     let runtime = RuntimeServiceServer::new(Runtime(services.clone()))

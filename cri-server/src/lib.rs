@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod error;
 pub mod exec_sync;
 pub mod image_service;
+pub mod pod_net_stats;
 pub mod resources;
 pub mod rootfs_files;
 pub mod runtime_config;

@@ -8,8 +8,9 @@ use berth_core::plugin::resources::CgroupStats;
 use crate::api::{
     ContainerAttributes, ContainerMetadata, ContainerStats, ContainerStatsRequest, ContainerStatsResponse, CpuUsage,
     FilesystemIdentifier, FilesystemUsage, LinuxPodSandboxStats, ListContainerStatsRequest, ListContainerStatsResponse,
-    ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, MemoryUsage, PodSandboxAttributes, PodSandboxMetadata,
-    PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage, UInt64Value,
+    ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, MemoryUsage, NetworkInterfaceUsage, NetworkUsage,
+    PodSandboxAttributes, PodSandboxMetadata, PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse,
+    ProcessUsage, UInt64Value,
 };
 use crate::error::CriResult;
 
@@ -105,6 +106,32 @@ pub async fn list_containers(
     Ok(ListContainerStatsResponse { stats })
 }
 
+/// The pod's interfaces, `eth0` as the default one (kubelet's choice too); `None` for host-network pods and
+/// when the namespace cannot be read (a pod being torn down).
+async fn network(p: &PodRecord) -> Option<NetworkUsage> {
+    let netns = &p.runtime.network.as_ref()?.netns_path;
+    let timestamp = berth_core::model::now_nanos();
+    let counters = match crate::pod_net_stats::read(netns).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(pod = %p.id, netns = %netns.display(), error = %e, "no network stats");
+            return None;
+        }
+    };
+    let usage = |i: &crate::pod_net_stats::InterfaceCounters| NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: v(i.rx_bytes),
+        rx_errors: v(i.rx_errors),
+        tx_bytes: v(i.tx_bytes),
+        tx_errors: v(i.tx_errors),
+    };
+    Some(NetworkUsage {
+        timestamp,
+        default_interface: counters.iter().find(|i| i.name == "eth0").map(usage),
+        interfaces: counters.iter().map(usage).collect(),
+    })
+}
+
 async fn pod_stats(lifecycle: &Lifecycle, p: &PodRecord) -> PodSandboxStats {
     let sample = match &p.runtime.cgroup {
         Some(cg) => lifecycle.plugins().resources.stats(cg).await.ok(),
@@ -134,7 +161,7 @@ async fn pod_stats(lifecycle: &Lifecycle, p: &PodRecord) -> PodSandboxStats {
         linux: Some(LinuxPodSandboxStats {
             cpu: sample.as_ref().map(cpu),
             memory: sample.as_ref().map(memory),
-            network: None,
+            network: network(p).await,
             process: sample.as_ref().map(|s| ProcessUsage {
                 timestamp: s.timestamp,
                 process_count: v(s.pids),

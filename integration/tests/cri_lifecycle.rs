@@ -290,3 +290,75 @@ fn containers_survive_kill_9_of_berthd_and_stay_manageable() {
     ok_stdout(&b.crictl(&["stop", "-t", "0", &long]), "stop after restart");
     ok_stdout(&b.crictl(&["rmp", "-f", &pod]), "crictl rmp");
 }
+
+/// PodSandboxStats carries the pod's eth0 counters, read in the pod's netns: traffic from the pod to the
+/// bridge gateway raises both directions.
+#[tokio::test]
+async fn pod_stats_count_the_pod_s_network_traffic() {
+    use berth_cri::api::{ListPodSandboxStatsRequest, NetworkInterfaceUsage, PodSandboxStatsRequest};
+    let b = start_berthd();
+    let dir = b.dir.path().to_path_buf();
+    let pod_cfg = pod_json(&dir, "net");
+    let pod = ok_stdout(&b.crictl(&["runp", &pod_cfg]), "crictl runp")
+        .trim()
+        .to_string();
+    let id = run_container(&b, &dir, &pod, &pod_cfg, "pinger", "exec sleep 1000");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok_stdout(&b.crictl(&["inspectp", &pod]), "inspectp")).unwrap();
+    let ip = status["status"]["network"]["ip"].as_str().unwrap().to_string();
+    let gateway = format!("{}.1", ip.rsplit_once('.').unwrap().0);
+
+    let mut rt = b.runtime().await.unwrap();
+    let mut eth0 = async || -> NetworkInterfaceUsage {
+        let s = rt
+            .pod_sandbox_stats(PodSandboxStatsRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        let net = s
+            .linux
+            .unwrap()
+            .network
+            .expect("network stats of a pod with its own netns");
+        assert!(net.timestamp > 0);
+        assert!(net.interfaces.iter().all(|i| i.name != "lo"), "{net:?}");
+        net.default_interface.expect("eth0")
+    };
+    let before = eth0().await;
+    assert_eq!(before.name, "eth0");
+    let out = b.crictl(&["exec", "-s", &id, "ping", "-c", "5", "-W", "2", &gateway]);
+    println!("ping {gateway}: {}", String::from_utf8_lossy(&out.stdout));
+    let after = eth0().await;
+    let n = |x: &Option<berth_cri::api::UInt64Value>| x.as_ref().unwrap().value;
+    println!("eth0 before {before:?}\neth0 after {after:?}");
+    // Five echo requests of 84 bytes (IP) + 14 (Ethernet) out, as many replies back.
+    assert!(
+        n(&after.tx_bytes) >= n(&before.tx_bytes) + 5 * 98,
+        "{before:?} → {after:?}"
+    );
+    assert!(
+        n(&after.rx_bytes) >= n(&before.rx_bytes) + 5 * 98,
+        "{before:?} → {after:?}"
+    );
+    assert_eq!(n(&after.rx_errors), 0);
+    assert_eq!(n(&after.tx_errors), 0);
+
+    // The list form carries the same.
+    let list = rt
+        .list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    let mine = list
+        .iter()
+        .find(|s| s.attributes.as_ref().unwrap().id == pod)
+        .expect("the pod in ListPodSandboxStats");
+    let net = mine.linux.as_ref().unwrap().network.as_ref().unwrap();
+    assert!(n(&net.default_interface.as_ref().unwrap().tx_bytes) >= n(&after.tx_bytes));
+    ok_stdout(&b.crictl(&["rmp", "-f", &pod]), "crictl rmp -f");
+}

@@ -187,7 +187,7 @@ impl Lifecycle {
         pod.runtime.cgroup = Some(cgroup.clone());
         self.save_pod(pod).await?;
         // 3. Namespaces (and the pod's shim).
-        let infra_cgroup = plugins.resources.procs_files(&cgroup);
+        let infra_cgroup = plugins.resources.infra_procs_files(&cgroup);
         let ns = plugins
             .isolation
             .pin_namespaces(&PodIsolation {

@@ -125,6 +125,13 @@ pub trait Resources: Send + Sync + 'static {
     /// The `cgroup.procs` files a process must be written into to join `path`.
     fn procs_files(&self, path: &CgroupPath) -> Vec<PathBuf>;
 
+    /// Where the pod's own processes (its shim and infra process) go. cgroup v2 allows processes only in leaves
+    /// once a cgroup hands controllers down to its children ("no internal processes"), so there this is a leaf
+    /// under the pod cgroup, made by `create_pod`; the pod cgroup itself by default.
+    fn infra_procs_files(&self, pod: &CgroupPath) -> Vec<PathBuf> {
+        self.procs_files(pod)
+    }
+
     async fn stats(&self, path: &CgroupPath) -> PluginResult<CgroupStats>;
 
     /// OOM kills so far in the cgroup; cheap, and valid after its processes exited (until `remove`). A container

@@ -50,6 +50,14 @@ pub enum CgroupError {
     NotFound { path: String },
     #[error("processes {pids:?} are still in cgroup {path} after SIGKILL")]
     Stragglers { path: String, pids: Vec<i32> },
+    #[error("cannot {what} for cgroup {path}: {source}{}", if log.is_empty() { String::new() } else { format!("; verifier: {log}") })]
+    Bpf {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: io::Error,
+        log: String,
+    },
     #[error("{0}")]
     Unsupported(String),
 }
@@ -103,7 +111,7 @@ impl From<CgroupError> for PluginError {
             CgroupError::Read { path, source } => PluginError::io(format!("read {}", path.display()), source),
             CgroupError::Create { path, source } => PluginError::io(format!("mkdir {}", path.display()), source),
             CgroupError::Remove { path, source } => PluginError::io(format!("rmdir {}", path.display()), source),
-            CgroupError::Parse { .. } => PluginError::Internal(e.to_string()),
+            CgroupError::Parse { .. } | CgroupError::Bpf { .. } => PluginError::Internal(e.to_string()),
         }
     }
 }

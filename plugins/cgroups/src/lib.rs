@@ -5,6 +5,9 @@
 //! works on, so every one is tested on temp-dir fixtures); [`plugin`] puts it behind the async `Resources` trait;
 //! [`register`] is the registration.
 //!
+//! Unsafe inventory: only [`v2::devices::bpf`] (the bpf(2) calls that load and attach the v2 device program),
+//! each block with a `// SAFETY:` line.
+//!
 //! Cgroup paths follow kubelet's cgroupfs driver: absolute from the root of every hierarchy. On hosts where
 //! berthd itself sits in a nested cgroup of one controller only (this build machine: memory at
 //! `/process_api/<hash>`, the others at `/`), containers are not nested under it: each controller's directory is
@@ -12,8 +15,10 @@
 
 pub mod convert;
 pub mod detect;
+pub mod devices;
 pub mod error;
 pub mod file;
+pub mod hugetlb;
 mod kill;
 pub mod limits;
 pub mod manager;

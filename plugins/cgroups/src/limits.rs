@@ -74,6 +74,13 @@ pub fn validate(r: &LinuxResources, mode: CgroupMode) -> Result<()> {
         if !matches!(d.kind, 'a' | 'b' | 'c') {
             return invalid("devices", format!("type {:?} is not a, b or c", d.kind));
         }
+        let number_ok = |n: Option<i64>| n.is_none_or(|n| (0..=i64::from(i32::MAX)).contains(&n));
+        if !number_ok(d.major) || !number_ok(d.minor) {
+            return invalid(
+                "devices",
+                format!("device number {:?}:{:?} is out of range", d.major, d.minor),
+            );
+        }
         if d.access.is_empty() || !d.access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
             return invalid(
                 "devices",

@@ -17,6 +17,10 @@ use crate::v1::V1;
 use crate::v2::V2;
 use crate::{limits, tree};
 
+/// The v2 leaf of a pod's own processes ([`Cgroupfs::infra_path`]); container ids are 64 hex digits, so it
+/// never names a container.
+pub const INFRA_LEAF: &str = "berth-infra";
+
 /// How long `remove` keeps killing before it gives up on stragglers.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,6 +94,22 @@ impl Cgroupfs {
             .collect()
     }
 
+    /// On v2, the leaf under a pod cgroup that holds the pod's own processes (see the trait); the pod cgroup
+    /// itself on v1, where each controller's hierarchy allows processes at every level.
+    pub fn infra_path(&self, pod: &CgroupPath) -> Result<CgroupPath> {
+        match self.backend() {
+            Backend::V2(_) => cgpath::child(pod, INFRA_LEAF),
+            Backend::V1(_) => Ok(pod.clone()),
+        }
+    }
+
+    pub fn infra_procs_files(&self, pod: &CgroupPath) -> Vec<PathBuf> {
+        match self.infra_path(pod) {
+            Ok(p) => self.procs_files(&p),
+            Err(_) => self.procs_files(pod),
+        }
+    }
+
     pub fn pod_path(&self, pod_id: &str, parent: &str) -> Result<CgroupPath> {
         if parent.is_empty() {
             cgpath::child(&self.default_parent, pod_id)
@@ -103,6 +123,14 @@ impl Cgroupfs {
         let path = self.pod_path(pod_id, parent)?;
         limits::validate(r, self.layout.mode)?;
         self.create(&path, r, false)?;
+        let infra = self.infra_path(&path)?;
+        if infra != path {
+            // Made after the pod's limits, with none of its own: the pod's shim lives here.
+            let rel = infra.as_str().trim_start_matches('/');
+            for mount in self.layout.mounts() {
+                tree::create(mount, rel)?;
+            }
+        }
         Ok(path)
     }
 
@@ -146,7 +174,9 @@ impl Cgroupfs {
                 Backend::V1(b) => b
                     .apply(&mut tx, path, r)
                     .and_then(|()| if container { b.apply_devices(path, r) } else { Ok(()) }),
-                Backend::V2(b) => b.apply(&mut tx, path, r),
+                Backend::V2(b) => b
+                    .apply(&mut tx, path, r)
+                    .and_then(|()| if container { b.apply_devices(path, r) } else { Ok(()) }),
             };
             if applied.is_err() && existed {
                 tx.rollback();

@@ -87,6 +87,10 @@ impl Resources for CgroupfsPlugin {
         self.inner.procs_files(path)
     }
 
+    fn infra_procs_files(&self, pod: &CgroupPath) -> Vec<PathBuf> {
+        self.inner.infra_procs_files(pod)
+    }
+
     async fn stats(&self, path: &CgroupPath) -> PluginResult<CgroupStats> {
         let path = path.clone();
         self.blocking(move |m| m.stats(&path)).await

@@ -68,11 +68,7 @@ pub fn lines(layout: &Layout, default_parent: &CgroupPath) -> Vec<String> {
         }
     }
     if layout.mode == CgroupMode::V2 {
-        out.push(
-            "warning: cgroup v2 device eBPF programs are not implemented: device access is limited only by \
-                  the device nodes present in the container"
-                .into(),
-        );
+        out.push("devices: an eBPF device program (BPF_CGROUP_DEVICE) per container cgroup".into());
     } else if layout.mount_of("devices").is_none() {
         out.push("warning: no devices controller: device access is not restricted by cgroups".into());
     }
@@ -88,7 +84,7 @@ pub fn info(layout: &Layout, default_parent: &CgroupPath) -> serde_json::Value {
         "unified": layout.unified,
         "unifiedControllers": layout.unified_controllers,
         "controllers": layout.controllers(),
-        "deviceProgram": layout.mode != CgroupMode::V2,
+        "deviceProgram": layout.mode == CgroupMode::V2 || layout.mount_of("devices").is_some(),
     })
 }
 
@@ -97,12 +93,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn v2_report_warns_about_devices() {
+    fn v2_report_names_the_device_program() {
         let d = tempfile::tempdir().unwrap();
         let layout = Layout::v2(d.path().to_path_buf(), &["cpu", "memory", "pids", "cpuset"]);
         let l = lines(&layout, &CgroupPath("/berth".into()));
         assert!(l[0].contains("v2"), "{l:?}");
-        assert!(l.iter().any(|x| x.contains("eBPF")), "{l:?}");
+        assert!(l.iter().any(|x| x.contains("eBPF") && !x.contains("warning")), "{l:?}");
         assert!(l.iter().any(|x| x.contains("/berth")), "{l:?}");
     }
 }

@@ -107,3 +107,99 @@ async fn plugin_api_creates_or_adopts_a_kubelet_parent() {
     let Some(fx) = fixture() else { return };
     plugin_api_with_a_kubelet_parent(&fx).await;
 }
+
+/// The eBPF device program: inside a container cgroup /dev/null works, a node of a device nobody asked for can
+/// be made (mknod is allowed) but not opened (EPERM), and a requested device opens with the access asked for
+/// only. The test process itself, outside these cgroups, opens the same nodes (the control).
+#[test]
+fn device_program_allows_defaults_and_requested_devices_only() {
+    use berth_core::plugin::resources::DeviceRule;
+    use std::process::Stdio;
+    let Some(fx) = fixture() else { return };
+    // Nodes go to a tempdir under /dev: the guest's /tmp is nodev.
+    let dir = tempfile::tempdir_in("/dev").unwrap();
+    let pod = fx.pod("pod");
+    let plain = fx
+        .cg
+        .create_container(&pod, "plain", &LinuxResources::default())
+        .unwrap();
+    let kmsg_r = DeviceRule {
+        allow: true,
+        kind: 'c',
+        major: Some(1),
+        minor: Some(11),
+        access: "r".into(),
+    };
+    let asked = fx
+        .cg
+        .create_container(
+            &pod,
+            "asked",
+            &LinuxResources {
+                devices: vec![kmsg_r],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // Each line: what, then the shell's own error message when it failed.
+    let probe = |name: &str| {
+        let node = dir.path().join(name);
+        format!(
+            "n={node}; \
+             echo x > /dev/null && echo null:ok; \
+             head -c 1 /dev/urandom > /dev/null && echo urandom:ok; \
+             mknod $n c 1 11 && echo mknod:ok; \
+             sh -c 'exec 3< $0' $n 2>&1 && echo read:ok; \
+             sh -c 'exec 3> $0' $n 2>&1 && echo write:ok; true",
+            node = node.display()
+        )
+    };
+    let plain_out = fx.spawn_with(&plain, &probe("plain"), Stdio::piped()).output();
+    println!("container without devices:\n{plain_out}");
+    let asked_out = fx.spawn_with(&asked, &probe("asked"), Stdio::piped()).output();
+    println!("container with c 1:11 r:\n{asked_out}");
+    // The device program's refusal is EPERM.
+    let refusals = |out: &str| out.lines().filter(|l| l.contains("Operation not permitted")).count();
+    for out in [&plain_out, &asked_out] {
+        assert!(out.contains("null:ok") && out.contains("urandom:ok"), "{out}");
+        assert!(out.contains("mknod:ok"), "{out}");
+        assert!(!out.contains("write:ok"), "{out}");
+    }
+    assert!(!plain_out.contains("read:ok"), "{plain_out}");
+    assert_eq!(refusals(&plain_out), 2, "{plain_out}");
+    assert_eq!(refusals(&asked_out), 1, "{asked_out}");
+    assert!(asked_out.contains("read:ok"), "{asked_out}");
+    // The control: the same node opens outside the containers' cgroups.
+    std::fs::File::open(dir.path().join("plain")).expect("open the node outside the cgroup");
+}
+
+/// The pod's own processes (shim, infra) live in a leaf under the pod cgroup: with one running there, a new
+/// container still gets the memory and pids controllers (v2's "no internal processes" rule would refuse them
+/// if the pod cgroup itself held a process).
+#[test]
+fn a_running_pod_infra_process_does_not_block_container_limits() {
+    let Some(fx) = fixture() else { return };
+    let pod = fx.pod("pod");
+    let infra = fx.cg.infra_path(&pod).unwrap();
+    assert_ne!(infra, pod);
+    let files = fx.cg.infra_procs_files(&pod);
+    assert_eq!(files, fx.cg.procs_files(&infra));
+    let p = fx.spawn(&infra, "exec sleep 60");
+    assert!(fx.joined(&p, &infra));
+    let c = fx
+        .cg
+        .create_container(
+            &pod,
+            "ctr",
+            &LinuxResources {
+                memory_limit_in_bytes: 48 * MIB,
+                pids_limit: Some(30),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(fx.read("memory", &c, "memory.max"), (48 * MIB).to_string());
+    assert_eq!(fx.read("pids", &c, "pids.max"), "30");
+    fx.cg.remove(&pod).unwrap();
+    assert!(fx.cg.list(&fx.parent).unwrap().is_empty());
+}

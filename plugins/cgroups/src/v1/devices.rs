@@ -5,24 +5,9 @@ use std::path::Path;
 
 use berth_core::plugin::resources::DeviceRule;
 
+use crate::devices::with_defaults;
 use crate::error::Result;
 use crate::file::write;
-
-/// `(type, major, minor, access)`; `None` is `*`.
-pub const DEFAULT_ALLOWED: &[(char, Option<i64>, Option<i64>, &str)] = &[
-    ('c', None, None, "m"),
-    ('b', None, None, "m"),
-    ('c', Some(1), Some(3), "rwm"),    // /dev/null
-    ('c', Some(1), Some(5), "rwm"),    // /dev/zero
-    ('c', Some(1), Some(7), "rwm"),    // /dev/full
-    ('c', Some(1), Some(8), "rwm"),    // /dev/random
-    ('c', Some(1), Some(9), "rwm"),    // /dev/urandom
-    ('c', Some(5), Some(0), "rwm"),    // /dev/tty
-    ('c', Some(5), Some(1), "rwm"),    // /dev/console
-    ('c', Some(5), Some(2), "rwm"),    // /dev/ptmx
-    ('c', Some(136), None, "rwm"),     // /dev/pts/*
-    ('c', Some(10), Some(200), "rwm"), // /dev/net/tun
-];
 
 /// The line for `devices.allow` / `devices.deny`: `c 1:3 rwm`, `a` for everything.
 pub fn rule_line(kind: char, major: Option<i64>, minor: Option<i64>, access: &str) -> String {
@@ -35,10 +20,7 @@ pub fn rule_line(kind: char, major: Option<i64>, minor: Option<i64>, access: &st
 
 pub fn apply(dir: &Path, extra: &[DeviceRule]) -> Result<()> {
     write(dir, "devices.deny", "a")?;
-    for (kind, major, minor, access) in DEFAULT_ALLOWED {
-        write(dir, "devices.allow", &rule_line(*kind, *major, *minor, access))?;
-    }
-    for d in extra {
+    for d in with_defaults(extra) {
         let file = if d.allow { "devices.allow" } else { "devices.deny" };
         write(dir, file, &rule_line(d.kind, d.major, d.minor, &d.access))?;
     }

@@ -9,7 +9,6 @@ pub mod cpuacct;
 pub mod cpuset;
 pub mod devices;
 pub mod freezer;
-pub mod hugetlb;
 pub mod memory;
 pub mod pids;
 
@@ -20,6 +19,7 @@ use berth_core::plugin::resources::{CgroupPath, CgroupStats, LinuxResources};
 use crate::detect::Layout;
 use crate::error::Result;
 use crate::file::Tx;
+use crate::hugetlb;
 use crate::path::dir_in;
 
 pub struct V1<'a> {
@@ -69,9 +69,9 @@ impl V1<'_> {
                         };
                         v2.enable_along(path, &["hugetlb"])?;
                     }
-                    crate::v2::hugetlb::apply(tx, &d, &r.hugepage_limits)?
+                    hugetlb::apply(tx, &d, &r.hugepage_limits, hugetlb::V2_LIMIT)?
                 }
-                Some(d) => hugetlb::apply(tx, &d, &r.hugepage_limits)?,
+                Some(d) => hugetlb::apply(tx, &d, &r.hugepage_limits, hugetlb::V1_LIMIT)?,
                 None => tracing::warn!(path = %path.as_str(), "no hugetlb controller: hugepage limits ignored"),
             }
         }

@@ -1,13 +1,12 @@
 //! cgroup v2: one tree; controllers must be enabled in every ancestor's `cgroup.subtree_control` before a
 //! child can use them ("no internal processes": berth keeps processes in leaves only).
 //!
-//! Devices: v2 restricts devices only through an eBPF program attached to the cgroup, which berth does not
-//! load yet. Container /dev holds only the default and requested nodes (the isolation plugin's job), but a
-//! container with CAP_MKNOD could create others: reported by `check`.
+//! Devices: v2 has no devices files; an eBPF program attached to the container cgroup ([`devices`]) allows the
+//! default and requested devices and denies the rest.
 
 pub mod cpu;
 pub mod cpuset;
-pub mod hugetlb;
+pub mod devices;
 pub mod memory;
 pub mod pids;
 pub mod unified;
@@ -18,6 +17,7 @@ use berth_core::plugin::resources::{CgroupPath, CgroupStats, LinuxResources};
 
 use crate::error::Result;
 use crate::file::{Tx, read_opt, write};
+use crate::hugetlb;
 use crate::path::dir_in;
 
 /// Controllers berth enables for its subtrees when the parent offers them.
@@ -87,12 +87,14 @@ impl V2<'_> {
         cpuset::apply(tx, &d, r)?;
         memory::apply(tx, &d, r)?;
         pids::apply(tx, &d, r.pids_limit)?;
-        hugetlb::apply(tx, &d, &r.hugepage_limits)?;
+        hugetlb::apply(tx, &d, &r.hugepage_limits, hugetlb::V2_LIMIT)?;
         unified::apply(tx, &d, &r.unified)?;
-        if r.devices.iter().any(|d| d.allow) {
-            tracing::debug!(path = %path.as_str(), "cgroup v2 device rules are not enforced (no eBPF program yet)");
-        }
         Ok(())
+    }
+
+    /// The device program of a new container cgroup.
+    pub fn apply_devices(&self, path: &CgroupPath, r: &LinuxResources) -> Result<()> {
+        devices::apply(&self.dir(path), &r.devices)
     }
 
     pub fn stats(&self, path: &CgroupPath, s: &mut CgroupStats) -> Result<()> {
