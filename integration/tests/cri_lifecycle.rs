@@ -4,11 +4,15 @@
 use std::path::Path;
 use std::time::Duration;
 
+use berth_cri::api::runtime_service_client::RuntimeServiceClient;
 use berth_cri::api::{
-    ContainerStatusRequest, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerState, ContainerStatusRequest, CreateContainerRequest, ListContainersRequest, ListPodSandboxRequest,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
-use berth_integration::{Berthd, BerthdOptions, ensure_test_images, ok_stdout, unique};
+use berth_integration::{Berthd, BerthdOptions, cri, ensure_test_images, ok_stdout, unique};
+use tonic::transport::Channel;
 use nix::sys::signal::Signal;
 
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -289,4 +293,116 @@ fn containers_survive_kill_9_of_berthd_and_stay_manageable() {
     assert_eq!(v["status"]["exitCode"], 7, "{v}");
     ok_stdout(&b.crictl(&["stop", "-t", "0", &long]), "stop after restart");
     ok_stdout(&b.crictl(&["rmp", "-f", &pod]), "crictl rmp");
+}
+
+/// RunPodSandbox + CreateContainer + StartContainer of one pod over gRPC; returns (pod id, container id).
+async fn run_pod_with(
+    mut rt: RuntimeServiceClient<Channel>,
+    config: PodSandboxConfig,
+    ctr: berth_cri::api::ContainerConfig,
+) -> Result<(String, String), tonic::Status> {
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ctr),
+            sandbox_config: Some(config),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    Ok((pod, id))
+}
+
+/// 50 pods started at once, each with a running container: all succeed, all listed with the right state and
+/// owner, and once all are stopped and removed (at once too) nothing of them is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_pods_run_list_and_go_away_without_leaks() {
+    const N: usize = 50;
+    let mut b = start_berthd();
+    let rt = b.runtime().await.unwrap();
+    let logs = b.dir.path().join("logs");
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let config = cri::pod(&format!("many-{i}"), &logs);
+        let ctr = cri::container("sleeper", "exec sleep 3600");
+        tasks.push(tokio::spawn(run_pod_with(rt.clone(), config, ctr)));
+    }
+    let mut started = std::collections::BTreeMap::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (pod, ctr) = t.await.unwrap().unwrap_or_else(|e| panic!("pod {i}: {e:?}\n{}", b.log_text()));
+        started.insert(ctr, pod);
+    }
+    assert_eq!(started.len(), N);
+
+    let mut rt = rt;
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), N);
+    assert!(pods.iter().all(|p| p.state == PodSandboxState::SandboxReady as i32), "{pods:?}");
+    let ctrs = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(ctrs.len(), N);
+    for c in &ctrs {
+        assert_eq!(c.state, ContainerState::ContainerRunning as i32, "{c:?}");
+        assert_eq!(started.get(&c.id), Some(&c.pod_sandbox_id), "{c:?}");
+    }
+    let mut ips: Vec<String> = Vec::new();
+    for p in &pods {
+        let s = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: p.id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ips.push(s.status.unwrap().network.unwrap().ip);
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), N, "every pod has its own IP");
+
+    let mut tasks = Vec::new();
+    for pod in started.values().cloned() {
+        let mut rt = rt.clone();
+        tasks.push(tokio::spawn(async move {
+            rt.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await?;
+            rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let left = rt
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(left.is_empty(), "{left:?}");
+    b.assert_no_leaks();
 }
