@@ -177,6 +177,20 @@ impl Berthd {
             .expect("run crictl")
     }
 
+    /// Waits for berthd to exit by itself (a failpoint), at most `timeout`; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Sends a signal and waits for the exit, at most `timeout`.
     pub fn stop_with(&mut self, signal: Signal, timeout: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take()?;

@@ -1,0 +1,195 @@
+//! Restart recovery with berthd killed at named points of a create/start sequence (test failpoints): each
+//! step either completes or rolls back, and nothing is left behind.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use berth_cri::api::runtime_service_client::RuntimeServiceClient;
+use berth_cri::api::{
+    ContainerState, CreateContainerRequest, ExecSyncRequest, ListContainersRequest, ListPodSandboxRequest,
+    PodSandboxConfig, PodSandboxState, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest,
+};
+use berth_integration::{Berthd, BerthdOptions, cri, ensure_test_images, ok_stdout};
+use tonic::transport::Channel;
+
+fn start_with_failpoints(spec: &str) -> Berthd {
+    ensure_test_images();
+    let b = Berthd::start(BerthdOptions {
+        env: vec![(berth_core::failpoint::ENV.into(), spec.into())],
+        ..Default::default()
+    })
+    .unwrap();
+    ok_stdout(&b.crictl(&["pull", cri::BUSYBOX]), "crictl pull");
+    b
+}
+
+async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
+    let req = RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    };
+    Ok(rt.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
+}
+
+async fn create(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    config: &PodSandboxConfig,
+    name: &str,
+) -> Result<String, tonic::Status> {
+    let req = CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(cri::container(name, "exec sleep 3600")),
+        sandbox_config: Some(config.clone()),
+    };
+    Ok(rt.create_container(req).await?.into_inner().container_id)
+}
+
+async fn start(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<(), tonic::Status> {
+    rt.start_container(StartContainerRequest { container_id: id.into() })
+        .await
+        .map(drop)
+}
+
+/// (id, state) of every pod, and of every container.
+async fn inventory(rt: &mut RuntimeServiceClient<Channel>) -> (Vec<(String, i32)>, Vec<(String, i32)>) {
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let ctrs = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    (
+        pods.into_iter().map(|p| (p.id, p.state)).collect(),
+        ctrs.into_iter().map(|c| (c.id, c.state)).collect(),
+    )
+}
+
+/// Where the failpoint sits, so what the restarted berthd must show.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outcome {
+    /// Killed inside RunPodSandbox: the pod is rolled back.
+    PodRolledBack,
+    /// Killed inside CreateContainer: the pod stays, the container is rolled back.
+    ContainerRolledBack,
+    /// Killed after the shim started the container: it runs and is manageable.
+    ContainerRunning,
+}
+
+/// Runs pod → create → start on a berthd that aborts at `point`, restarts it, and checks the outcome, that
+/// the same names can be used again, and that once everything is removed nothing is left.
+async fn kill_at(point: &str, expected: Outcome) {
+    let mut b = start_with_failpoints(point);
+    let mut rt = b.runtime().await.unwrap();
+    let logs = b.dir.path().join("logs");
+    let config = cri::pod("crash", &logs);
+    let mut pod = None;
+    let result = async {
+        pod = Some(run_pod(&mut rt, &config).await?);
+        let id = create(&mut rt, pod.as_deref().unwrap(), &config, "app").await?;
+        start(&mut rt, &id).await
+    }
+    .await;
+    assert!(result.is_err(), "the failpoint {point} did not fire");
+    let status = b.wait_exit(Duration::from_secs(30)).expect("berthd did not die at the failpoint");
+    assert_eq!(status.signal(), Some(libc_sigabrt()), "{status:?}\n{}", b.log_text());
+    b.respawn("after-crash.log").unwrap();
+
+    let mut rt = b.runtime().await.unwrap();
+    let (pods, ctrs) = inventory(&mut rt).await;
+    match expected {
+        Outcome::PodRolledBack => {
+            assert!(pods.is_empty() && ctrs.is_empty(), "{pods:?} {ctrs:?}");
+            let leaks = b.host_leaks();
+            assert!(leaks.is_empty(), "left after the rollback: {leaks:#?}");
+        }
+        Outcome::ContainerRolledBack | Outcome::ContainerRunning => {
+            let pod = pod.as_deref().unwrap();
+            assert_eq!(pods, vec![(pod.to_string(), PodSandboxState::SandboxReady as i32)]);
+            if expected == Outcome::ContainerRolledBack {
+                assert!(ctrs.is_empty(), "{ctrs:?}");
+                let left = std::fs::read_dir(b.state().join("containers")).map_or(0, |d| d.count());
+                assert_eq!(left, 0, "container state left");
+            } else {
+                assert_eq!(ctrs.len(), 1, "{ctrs:?}");
+                assert_eq!(ctrs[0].1, ContainerState::ContainerRunning as i32);
+                let out = rt
+                    .exec_sync(ExecSyncRequest {
+                        container_id: ctrs[0].0.clone(),
+                        cmd: vec!["echo".into(), "alive".into()],
+                        timeout: 30,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alive");
+                rt.stop_container(StopContainerRequest {
+                    container_id: ctrs[0].0.clone(),
+                    timeout: 0,
+                })
+                .await
+                .unwrap();
+                let (_, ctrs) = inventory(&mut rt).await;
+                assert_eq!(ctrs[0].1, ContainerState::ContainerExited as i32);
+                rt.remove_container(berth_cri::api::RemoveContainerRequest {
+                    container_id: ctrs[0].0.clone(),
+                })
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    // The names are free again (or were never lost): the same pod and container names run fine.
+    let pod = match expected {
+        Outcome::PodRolledBack => run_pod(&mut rt, &config).await.unwrap(),
+        _ => pod.unwrap(),
+    };
+    let id = create(&mut rt, &pod, &config, "app").await.unwrap();
+    start(&mut rt, &id).await.unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
+        .await
+        .unwrap();
+    b.assert_no_leaks();
+}
+
+fn libc_sigabrt() -> i32 {
+    nix::sys::signal::Signal::SIGABRT as i32
+}
+
+#[tokio::test]
+async fn killed_after_the_pod_intent_is_recorded() {
+    kill_at("run_pod.after_intent", Outcome::PodRolledBack).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_pod_namespaces_are_pinned() {
+    kill_at("run_pod.after_pin", Outcome::PodRolledBack).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_pod_network_is_set_up_before_the_commit() {
+    kill_at("run_pod.after_network", Outcome::PodRolledBack).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_container_intent_is_recorded() {
+    kill_at("create_container.after_intent", Outcome::ContainerRolledBack).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_shim_created_the_container_before_the_commit() {
+    kill_at("create_container.after_create", Outcome::ContainerRolledBack).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_container_started_before_the_commit() {
+    kill_at("start_container.after_start", Outcome::ContainerRunning).await;
+}
