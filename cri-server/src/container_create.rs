@@ -68,6 +68,13 @@ async fn user_databases(lifecycle: &Lifecycle, image: &Image, key: &str) -> (Opt
     dbs
 }
 
+/// The pod and the container name and attempt a CreateContainer reserves (kubelet's retry repeats them),
+/// keying its detached run.
+pub fn request_key(req: &CreateContainerRequest) -> String {
+    let m = req.config.as_ref().and_then(|c| c.metadata.clone()).unwrap_or_default();
+    format!("container/{}/{}/{}", req.pod_sandbox_id, m.name, m.attempt)
+}
+
 pub async fn handle(
     lifecycle: &Lifecycle,
     images: &ImageStore,

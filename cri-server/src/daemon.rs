@@ -121,6 +121,7 @@ pub async fn start_services(config: Config) -> anyhow::Result<Arc<Services>> {
         lifecycle,
         images,
         streaming: Arc::new(streaming),
+        creates: Default::default(),
     }))
 }
 

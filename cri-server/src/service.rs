@@ -19,6 +19,8 @@ pub struct Services {
     pub lifecycle: Lifecycle,
     pub images: berth_images::ImageStore,
     pub streaming: Arc<berth_streaming::StreamingServer>,
+    /// RunPodSandbox and CreateContainer calls, run to completion even when their client leaves.
+    pub creates: Arc<crate::detached::DetachedCreates>,
 }
 
 /// Wraps a handler result for tonic.
@@ -76,7 +78,19 @@ impl RuntimeService for Runtime {
     }
 
     async fn run_pod_sandbox(&self, req: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
-        reply(crate::sandbox_run::handle(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        let key = crate::sandbox_run::request_key(&req);
+        let s = self.0.clone();
+        let exists = |id: &str| s.lifecycle.get_pod(id).is_ok();
+        let work = {
+            let s = self.0.clone();
+            async move {
+                let r = crate::sandbox_run::handle(&s.lifecycle, req).await;
+                r.map(|r| r.pod_sandbox_id).map_err(Status::from)
+            }
+        };
+        let pod_sandbox_id = self.0.creates.run(key, exists, work).await?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }))
     }
 
     async fn stop_pod_sandbox(&self, req: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
@@ -105,7 +119,19 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        reply(crate::container_create::handle(&self.0.lifecycle, &self.0.images, req.into_inner()).await)
+        let req = req.into_inner();
+        let key = crate::container_create::request_key(&req);
+        let s = self.0.clone();
+        let exists = |id: &str| s.lifecycle.get_container(id).is_ok();
+        let work = {
+            let s = self.0.clone();
+            async move {
+                let r = crate::container_create::handle(&s.lifecycle, &s.images, req).await;
+                r.map(|r| r.container_id).map_err(Status::from)
+            }
+        };
+        let container_id = self.0.creates.run(key, exists, work).await?;
+        Ok(Response::new(CreateContainerResponse { container_id }))
     }
 
     async fn start_container(&self, req: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {

@@ -1,5 +1,5 @@
-//! Restart recovery with berthd killed at named points of a create/start sequence (test failpoints): each
-//! step either completes or rolls back, and nothing is left behind.
+//! Restart recovery with berthd killed at named points of a create/start sequence (test failpoints), and
+//! creates whose client gave up: each either completes or rolls back, and nothing is left behind.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -192,4 +192,68 @@ async fn killed_after_the_shim_created_the_container_before_the_commit() {
 #[tokio::test]
 async fn killed_after_the_container_started_before_the_commit() {
     kill_at("start_container.after_start", Outcome::ContainerRunning).await;
+}
+
+/// A request that gives up after `ms` (kubelet's deadline, much shorter).
+fn with_deadline<T>(msg: T, ms: u64) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(Duration::from_millis(ms));
+    r
+}
+
+/// RunPodSandbox and CreateContainer whose client gives up half-way: the work still finishes, and kubelet's
+/// retry with the same name gets the object (joining the run still going, or claiming the finished one).
+#[tokio::test]
+async fn a_create_whose_client_gave_up_is_finished_and_handed_to_the_retry() {
+    let mut b = start_with_failpoints("run_pod.after_pin=sleep(2000),create_container.after_create=sleep(2000)");
+    let mut rt = b.runtime().await.unwrap();
+    let logs = b.dir.path().join("logs");
+    let config = cri::pod("impatient", &logs);
+
+    let req = RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    };
+    let e = rt.run_pod_sandbox(with_deadline(req, 300)).await.unwrap_err();
+    assert!(
+        matches!(e.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+        "{e:?}"
+    );
+    // The retry comes while the first call still runs: it waits for it and gets its pod.
+    let pod = run_pod(&mut rt, &config).await.unwrap();
+    let (pods, _) = inventory(&mut rt).await;
+    assert_eq!(pods, vec![(pod.clone(), PodSandboxState::SandboxReady as i32)]);
+
+    let req = CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(cri::container("app", "exec sleep 3600")),
+        sandbox_config: Some(config.clone()),
+    };
+    let e = rt.create_container(with_deadline(req, 300)).await.unwrap_err();
+    assert!(
+        matches!(e.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+        "{e:?}"
+    );
+    // This retry comes after the first call finished: it claims the container that call created.
+    let mut finished = false;
+    for _ in 0..100 {
+        if b.log_text().contains("kept for its retry") {
+            finished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(finished, "the abandoned create did not finish:\n{}", b.log_text());
+    let id = create(&mut rt, &pod, &config, "app").await.unwrap();
+    let (_, ctrs) = inventory(&mut rt).await;
+    assert_eq!(ctrs, vec![(id.clone(), ContainerState::ContainerCreated as i32)]);
+    start(&mut rt, &id).await.unwrap();
+    // Claimed once: a create with the name now is a duplicate.
+    let e = create(&mut rt, &pod, &config, "app").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
+        .await
+        .unwrap();
+    b.assert_no_leaks();
 }
