@@ -45,7 +45,7 @@ fn pod_context(pod: &PodSandbox) -> PodContext {
         etc_hosts: file("hosts"),
         etc_hostname: file("hostname"),
         resolv_conf: file("resolv.conf"),
-        shm: None,
+        shm: r.namespaces.shm.clone().filter(|p| p.exists()),
     }
 }
 

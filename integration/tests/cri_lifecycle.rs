@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use berth_cri::api::runtime_service_client::RuntimeServiceClient;
 use berth_cri::api::{
-    ContainerState, ContainerStatusRequest, CreateContainerRequest, ListContainersRequest, ListPodSandboxRequest,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    ContainerState, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse,
+    ListContainersRequest, ListPodSandboxRequest, NamespaceMode, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
+    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use berth_integration::{Berthd, BerthdOptions, cri, ensure_test_images, ok_stdout, unique};
-use tonic::transport::Channel;
 use nix::sys::signal::Signal;
+use tonic::transport::Channel;
 
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
@@ -341,7 +341,10 @@ async fn fifty_concurrent_pods_run_list_and_go_away_without_leaks() {
     }
     let mut started = std::collections::BTreeMap::new();
     for (i, t) in tasks.into_iter().enumerate() {
-        let (pod, ctr) = t.await.unwrap().unwrap_or_else(|e| panic!("pod {i}: {e:?}\n{}", b.log_text()));
+        let (pod, ctr) = t
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("pod {i}: {e:?}\n{}", b.log_text()));
         started.insert(ctr, pod);
     }
     assert_eq!(started.len(), N);
@@ -354,7 +357,10 @@ async fn fifty_concurrent_pods_run_list_and_go_away_without_leaks() {
         .into_inner()
         .items;
     assert_eq!(pods.len(), N);
-    assert!(pods.iter().all(|p| p.state == PodSandboxState::SandboxReady as i32), "{pods:?}");
+    assert!(
+        pods.iter().all(|p| p.state == PodSandboxState::SandboxReady as i32),
+        "{pods:?}"
+    );
     let ctrs = rt
         .list_containers(ListContainersRequest { filter: None })
         .await
@@ -404,5 +410,102 @@ async fn fifty_concurrent_pods_run_list_and_go_away_without_leaks() {
         .into_inner()
         .items;
     assert!(left.is_empty(), "{left:?}");
+    b.assert_no_leaks();
+}
+
+async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> ExecSyncResponse {
+    rt.exec_sync(ExecSyncRequest {
+        container_id: id.into(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        timeout: 30,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// The containers of a pod share one /dev/shm (the pod's 64 MiB tmpfs); another pod has its own; an IPC=NODE
+/// pod sees the host's; the tmpfs goes with the pod.
+#[tokio::test]
+async fn containers_of_a_pod_share_its_dev_shm_and_no_one_else_does() {
+    let mut b = start_berthd();
+    let mut rt = b.runtime().await.unwrap();
+    let logs = b.dir.path().join("logs");
+    let (pod_a, one) = run_pod_with(
+        rt.clone(),
+        cri::pod("shm-a", &logs),
+        cri::container("one", "exec sleep 3600"),
+    )
+    .await
+    .unwrap();
+    let two = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_a.clone(),
+            config: Some(cri::container("two", "exec sleep 3600")),
+            sandbox_config: Some(cri::pod("shm-a", &logs)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: two.clone(),
+    })
+    .await
+    .unwrap();
+    let (pod_b, three) = run_pod_with(
+        rt.clone(),
+        cri::pod("shm-b", &logs),
+        cri::container("three", "exec sleep 3600"),
+    )
+    .await
+    .unwrap();
+
+    let w = exec(&mut rt, &one, "echo shared > /dev/shm/marker").await;
+    assert_eq!(w.exit_code, 0, "{w:?}");
+    let r = exec(&mut rt, &two, "cat /dev/shm/marker").await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "shared", "{r:?}");
+    let other = exec(&mut rt, &three, "test -e /dev/shm/marker").await;
+    assert_eq!(other.exit_code, 1, "another pod sees the marker: {other:?}");
+    let m = exec(&mut rt, &two, "grep ' /dev/shm ' /proc/self/mountinfo").await;
+    let m = String::from_utf8_lossy(&m.stdout).into_owned();
+    assert!(m.contains("tmpfs") && m.contains("size=65536k"), "{m}");
+    // It is the pod's tmpfs, under the pod's state dir.
+    let shm = b.state().join("pods").join(&pod_a).join("shm");
+    assert_eq!(std::fs::read_to_string(shm.join("marker")).unwrap().trim(), "shared");
+
+    // An IPC=NODE pod uses the host's /dev/shm.
+    let host_file = format!("berth-it-{}", unique(""));
+    std::fs::write(Path::new("/dev/shm").join(&host_file), "host").unwrap();
+    let mut host_ipc = cri::pod("shm-host", &logs);
+    let ns = host_ipc
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .unwrap();
+    ns.ipc = NamespaceMode::Node as i32;
+    let (pod_h, four) = run_pod_with(rt.clone(), host_ipc, cri::container("four", "exec sleep 3600"))
+        .await
+        .unwrap();
+    let r = exec(&mut rt, &four, &format!("cat /dev/shm/{host_file}")).await;
+    let _ = std::fs::remove_file(Path::new("/dev/shm").join(&host_file));
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "host", "{r:?}");
+
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod_a.clone(),
+    })
+    .await
+    .unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&shm.display().to_string()),
+        "the pod's tmpfs is still mounted"
+    );
+    for pod in [pod_b, pod_h] {
+        rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
+            .await
+            .unwrap();
+    }
     b.assert_no_leaks();
 }
