@@ -7,8 +7,8 @@ use std::time::Duration;
 use berth_cri::api::runtime_service_client::RuntimeServiceClient;
 use berth_cri::api::{
     ContainerState, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse,
-    ListContainersRequest, ListPodSandboxRequest, NamespaceMode, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
-    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    ListContainersRequest, ListPodSandboxRequest, Mount, NamespaceMode, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
     StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use berth_integration::{Berthd, BerthdOptions, cri, ensure_test_images, ok_stdout, unique};
@@ -507,5 +507,50 @@ async fn containers_of_a_pod_share_its_dev_shm_and_no_one_else_does() {
             .await
             .unwrap();
     }
+    b.assert_no_leaks();
+}
+
+/// StopPodSandbox kills the containers at once (CRI: "forcibly terminated"; containerd uses no grace): a
+/// container that ignores SIGTERM is exited when the call returns, and never saw a SIGTERM.
+#[tokio::test]
+async fn stop_pod_sandbox_kills_containers_without_a_grace_period() {
+    let mut b = start_berthd();
+    let mut rt = b.runtime().await.unwrap();
+    let logs = b.dir.path().join("logs");
+    let signals = b.dir.path().join("signals");
+    std::fs::create_dir_all(&signals).unwrap();
+    let mut ctr = cri::container(
+        "stubborn",
+        "trap 'echo TERM >> /signals/seen' TERM; while true; do sleep 0.1; done",
+    );
+    ctr.mounts.push(Mount {
+        container_path: "/signals".into(),
+        host_path: signals.display().to_string(),
+        ..Default::default()
+    });
+    let (pod, id) = run_pod_with(rt.clone(), cri::pod("stubborn", &logs), ctr)
+        .await
+        .unwrap();
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    let st = rt
+        .container_status(ContainerStatusRequest {
+            container_id: id,
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, ContainerState::ContainerExited as i32, "{st:?}");
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert!(!signals.join("seen").exists(), "the container got a SIGTERM first");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
+        .await
+        .unwrap();
     b.assert_no_leaks();
 }

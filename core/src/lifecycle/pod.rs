@@ -302,16 +302,18 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// StopPodSandbox: kills every container (CRI: forcibly, after their grace), tears the network down,
-    /// unpins the namespaces. Idempotent; an unknown id is not an error.
+    /// StopPodSandbox: kills every container, tears the network down, unpins the namespaces. Idempotent; an
+    /// unknown id is not an error.
+    ///
+    /// The CRI says the containers "must be forcibly terminated": like containerd, with no grace (SIGKILL at
+    /// once). kubelet stops each container with its own grace period before it stops the pod.
     pub async fn stop_pod(&self, id: &str) -> LifecycleResult<()> {
         let Some(mut pod) = self.store().get::<PodSandbox>(Table::Pods, id)? else {
             return Ok(());
         };
-        let grace = std::time::Duration::from_secs(self.config().isolation.default_stop_timeout_secs);
         for c in self.list_containers()?.into_iter().filter(|c| c.pod_id == pod.id) {
             if matches!(c.state, ContainerState::Running | ContainerState::Created) {
-                self.stop_container(&c.id, grace).await?;
+                self.stop_container(&c.id, std::time::Duration::ZERO).await?;
             }
         }
         let _guard = self.inner.locks.lock(&pod.id).await;
