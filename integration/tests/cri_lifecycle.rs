@@ -7,9 +7,9 @@ use std::time::Duration;
 use berth_cri::api::runtime_service_client::RuntimeServiceClient;
 use berth_cri::api::{
     ContainerState, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse,
-    ListContainersRequest, ListPodSandboxRequest, Mount, NamespaceMode, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    LinuxContainerResources, ListContainersRequest, ListPodSandboxRequest, Mount, NamespaceMode, PodSandboxConfig,
+    PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use berth_integration::{Berthd, BerthdOptions, cri, ensure_test_images, ok_stdout, unique};
 use nix::sys::signal::Signal;
@@ -549,6 +549,87 @@ async fn stop_pod_sandbox_kills_containers_without_a_grace_period() {
     assert_eq!(st.state, ContainerState::ContainerExited as i32, "{st:?}");
     assert_eq!(st.exit_code, 137, "{st:?}");
     assert!(!signals.join("seen").exists(), "the container got a SIGTERM first");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
+        .await
+        .unwrap();
+    b.assert_no_leaks();
+}
+
+/// Status, start and exec of an unknown container are NotFound; a bad container config is InvalidArgument
+/// naming the field.
+#[tokio::test]
+async fn unknown_containers_are_not_found_and_bad_configs_name_the_field() {
+    let mut b = start_berthd();
+    let mut rt = b.runtime().await.unwrap();
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let e = rt
+        .start_container(StartContainerRequest {
+            container_id: unknown.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: unknown.into(),
+            cmd: vec!["true".into()],
+            timeout: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    let logs = b.dir.path().join("logs");
+    let sandbox = cri::pod("bad-configs", &logs);
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let good = || cri::container("bad", "true");
+    let mut no_name = good();
+    no_name.metadata.as_mut().unwrap().name.clear();
+    let mut no_image = good();
+    no_image.image = None;
+    let mut relative_mount = good();
+    relative_mount.mounts.push(Mount {
+        container_path: "data".into(),
+        host_path: "/tmp".into(),
+        ..Default::default()
+    });
+    let mut negative = good();
+    negative.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: -1,
+        ..Default::default()
+    });
+    for (config, field) in [
+        (no_name, "metadata.name"),
+        (no_image, "image.image"),
+        (relative_mount, "mounts[0].container_path"),
+        (negative, "memory_limit_in_bytes"),
+    ] {
+        let e = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config),
+                sandbox_config: Some(sandbox.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}: {e:?}");
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+    let ctrs = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(ctrs.is_empty(), "{ctrs:?}");
     rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
         .await
         .unwrap();
