@@ -83,7 +83,11 @@ impl DetachedCreates {
             delivered |= w.send(outcome.clone()).is_ok();
         }
         if !delivered && let Ok(id) = outcome {
-            tracing::info!(key, id, "the caller left before the create finished: kept for its retry");
+            tracing::info!(
+                key,
+                id,
+                "the caller left before the create finished: kept for its retry"
+            );
             slots.insert(key, Slot::Unclaimed(id));
         }
     }
@@ -112,7 +116,12 @@ mod tests {
         go_tx.send(()).unwrap();
         assert_eq!(retry.await.unwrap().unwrap(), "id1");
         // Delivered: the next call with the name runs its own create.
-        assert_eq!(gate.run("k".into(), |_| true, async { Ok("id3".into()) }).await.unwrap(), "id3");
+        assert_eq!(
+            gate.run("k".into(), |_| true, async { Ok("id3".into()) })
+                .await
+                .unwrap(),
+            "id3"
+        );
     }
 
     #[tokio::test]

@@ -47,9 +47,11 @@ async fn create(
 }
 
 async fn start(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<(), tonic::Status> {
-    rt.start_container(StartContainerRequest { container_id: id.into() })
-        .await
-        .map(drop)
+    rt.start_container(StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .map(drop)
 }
 
 /// (id, state) of every pod, and of every container.
@@ -98,7 +100,9 @@ async fn kill_at(point: &str, expected: Outcome) {
     }
     .await;
     assert!(result.is_err(), "the failpoint {point} did not fire");
-    let status = b.wait_exit(Duration::from_secs(30)).expect("berthd did not die at the failpoint");
+    let status = b
+        .wait_exit(Duration::from_secs(30))
+        .expect("berthd did not die at the failpoint");
     assert_eq!(status.signal(), Some(libc_sigabrt()), "{status:?}\n{}", b.log_text());
     b.respawn("after-crash.log").unwrap();
 
