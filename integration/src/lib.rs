@@ -460,11 +460,94 @@ impl Berthd {
 
 /// CRI configs as kubelet sends them, for tests that speak gRPC.
 pub mod cri {
+    use berth_cri::api::runtime_service_client::RuntimeServiceClient;
     use berth_cri::api::{
-        ContainerConfig, ContainerMetadata, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
-        LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-        PodSandboxMetadata,
+        Container, ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse,
+        ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+        LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
+        PodSandbox, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
+        StartContainerRequest,
     };
+    use tonic::Status;
+    use tonic::transport::Channel;
+
+    pub type Runtime = RuntimeServiceClient<Channel>;
+
+    pub async fn run_pod(rt: &mut Runtime, config: &PodSandboxConfig) -> Result<String, Status> {
+        let req = RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        };
+        Ok(rt.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
+    }
+
+    pub async fn create(
+        rt: &mut Runtime,
+        pod: &str,
+        sandbox: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> Result<String, Status> {
+        let req = CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox.clone()),
+        };
+        Ok(rt.create_container(req).await?.into_inner().container_id)
+    }
+
+    pub async fn start(rt: &mut Runtime, id: &str) -> Result<(), Status> {
+        let req = StartContainerRequest {
+            container_id: id.into(),
+        };
+        rt.start_container(req).await.map(drop)
+    }
+
+    /// RunPodSandbox + CreateContainer + StartContainer; returns (pod id, container id).
+    pub async fn run_pod_with(
+        mut rt: Runtime,
+        sandbox: PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> Result<(String, String), Status> {
+        let pod = run_pod(&mut rt, &sandbox).await?;
+        let id = create(&mut rt, &pod, &sandbox, config).await?;
+        start(&mut rt, &id).await?;
+        Ok((pod, id))
+    }
+
+    pub async fn pods(rt: &mut Runtime) -> Vec<PodSandbox> {
+        let req = ListPodSandboxRequest { filter: None };
+        rt.list_pod_sandbox(req)
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items
+    }
+
+    pub async fn containers(rt: &mut Runtime) -> Vec<Container> {
+        let req = ListContainersRequest { filter: None };
+        rt.list_containers(req)
+            .await
+            .expect("ListContainers")
+            .into_inner()
+            .containers
+    }
+
+    pub async fn remove_pod(rt: &mut Runtime, id: &str) {
+        let req = RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        };
+        rt.remove_pod_sandbox(req).await.expect("RemovePodSandbox");
+    }
+
+    /// ExecSync of `sh -c script`.
+    pub async fn exec(rt: &mut Runtime, id: &str, script: &str) -> ExecSyncResponse {
+        let req = ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            timeout: 30,
+        };
+        rt.exec_sync(req).await.expect("ExecSync").into_inner()
+    }
 
     /// The default test image.
     pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";

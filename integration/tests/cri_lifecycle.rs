@@ -4,16 +4,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use berth_cri::api::runtime_service_client::RuntimeServiceClient;
 use berth_cri::api::{
-    ContainerState, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse,
-    LinuxContainerResources, ListContainersRequest, ListPodSandboxRequest, Mount, NamespaceMode, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerState, ContainerStatusRequest, ExecSyncRequest, LinuxContainerResources, Mount, NamespaceMode,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use berth_integration::{Berthd, BerthdOptions, cri, ensure_test_images, ok_stdout, unique};
 use nix::sys::signal::Signal;
-use tonic::transport::Channel;
 
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
@@ -295,36 +292,6 @@ fn containers_survive_kill_9_of_berthd_and_stay_manageable() {
     ok_stdout(&b.crictl(&["rmp", "-f", &pod]), "crictl rmp");
 }
 
-/// RunPodSandbox + CreateContainer + StartContainer of one pod over gRPC; returns (pod id, container id).
-async fn run_pod_with(
-    mut rt: RuntimeServiceClient<Channel>,
-    config: PodSandboxConfig,
-    ctr: berth_cri::api::ContainerConfig,
-) -> Result<(String, String), tonic::Status> {
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ctr),
-            sandbox_config: Some(config),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await?;
-    Ok((pod, id))
-}
-
 /// 50 pods started at once, each with a running container: all succeed, all listed with the right state and
 /// owner, and once all are stopped and removed (at once too) nothing of them is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -337,7 +304,7 @@ async fn fifty_concurrent_pods_run_list_and_go_away_without_leaks() {
     for i in 0..N {
         let config = cri::pod(&format!("many-{i}"), &logs);
         let ctr = cri::container("sleeper", "exec sleep 3600");
-        tasks.push(tokio::spawn(run_pod_with(rt.clone(), config, ctr)));
+        tasks.push(tokio::spawn(cri::run_pod_with(rt.clone(), config, ctr)));
     }
     let mut started = std::collections::BTreeMap::new();
     for (i, t) in tasks.into_iter().enumerate() {
@@ -350,23 +317,13 @@ async fn fifty_concurrent_pods_run_list_and_go_away_without_leaks() {
     assert_eq!(started.len(), N);
 
     let mut rt = rt;
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = cri::pods(&mut rt).await;
     assert_eq!(pods.len(), N);
     assert!(
         pods.iter().all(|p| p.state == PodSandboxState::SandboxReady as i32),
         "{pods:?}"
     );
-    let ctrs = rt
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let ctrs = cri::containers(&mut rt).await;
     assert_eq!(ctrs.len(), N);
     for c in &ctrs {
         assert_eq!(c.state, ContainerState::ContainerRunning as i32, "{c:?}");
@@ -403,25 +360,9 @@ async fn fifty_concurrent_pods_run_list_and_go_away_without_leaks() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let left = rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let left = cri::pods(&mut rt).await;
     assert!(left.is_empty(), "{left:?}");
     b.assert_no_leaks();
-}
-
-async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> ExecSyncResponse {
-    rt.exec_sync(ExecSyncRequest {
-        container_id: id.into(),
-        cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        timeout: 30,
-    })
-    .await
-    .unwrap()
-    .into_inner()
 }
 
 /// The containers of a pod share one /dev/shm (the pod's 64 MiB tmpfs); another pod has its own; an IPC=NODE
@@ -431,29 +372,23 @@ async fn containers_of_a_pod_share_its_dev_shm_and_no_one_else_does() {
     let mut b = start_berthd();
     let mut rt = b.runtime().await.unwrap();
     let logs = b.dir.path().join("logs");
-    let (pod_a, one) = run_pod_with(
+    let (pod_a, one) = cri::run_pod_with(
         rt.clone(),
         cri::pod("shm-a", &logs),
         cri::container("one", "exec sleep 3600"),
     )
     .await
     .unwrap();
-    let two = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_a.clone(),
-            config: Some(cri::container("two", "exec sleep 3600")),
-            sandbox_config: Some(cri::pod("shm-a", &logs)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: two.clone(),
-    })
+    let two = cri::create(
+        &mut rt,
+        &pod_a,
+        &cri::pod("shm-a", &logs),
+        cri::container("two", "exec sleep 3600"),
+    )
     .await
     .unwrap();
-    let (pod_b, three) = run_pod_with(
+    cri::start(&mut rt, &two).await.unwrap();
+    let (pod_b, three) = cri::run_pod_with(
         rt.clone(),
         cri::pod("shm-b", &logs),
         cri::container("three", "exec sleep 3600"),
@@ -461,13 +396,13 @@ async fn containers_of_a_pod_share_its_dev_shm_and_no_one_else_does() {
     .await
     .unwrap();
 
-    let w = exec(&mut rt, &one, "echo shared > /dev/shm/marker").await;
+    let w = cri::exec(&mut rt, &one, "echo shared > /dev/shm/marker").await;
     assert_eq!(w.exit_code, 0, "{w:?}");
-    let r = exec(&mut rt, &two, "cat /dev/shm/marker").await;
+    let r = cri::exec(&mut rt, &two, "cat /dev/shm/marker").await;
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "shared", "{r:?}");
-    let other = exec(&mut rt, &three, "test -e /dev/shm/marker").await;
+    let other = cri::exec(&mut rt, &three, "test -e /dev/shm/marker").await;
     assert_eq!(other.exit_code, 1, "another pod sees the marker: {other:?}");
-    let m = exec(&mut rt, &two, "grep ' /dev/shm ' /proc/self/mountinfo").await;
+    let m = cri::exec(&mut rt, &two, "grep ' /dev/shm ' /proc/self/mountinfo").await;
     let m = String::from_utf8_lossy(&m.stdout).into_owned();
     assert!(m.contains("tmpfs") && m.contains("size=65536k"), "{m}");
     // It is the pod's tmpfs, under the pod's state dir.
@@ -485,27 +420,21 @@ async fn containers_of_a_pod_share_its_dev_shm_and_no_one_else_does() {
         .and_then(|s| s.namespace_options.as_mut())
         .unwrap();
     ns.ipc = NamespaceMode::Node as i32;
-    let (pod_h, four) = run_pod_with(rt.clone(), host_ipc, cri::container("four", "exec sleep 3600"))
+    let (pod_h, four) = cri::run_pod_with(rt.clone(), host_ipc, cri::container("four", "exec sleep 3600"))
         .await
         .unwrap();
-    let r = exec(&mut rt, &four, &format!("cat /dev/shm/{host_file}")).await;
+    let r = cri::exec(&mut rt, &four, &format!("cat /dev/shm/{host_file}")).await;
     let _ = std::fs::remove_file(Path::new("/dev/shm").join(&host_file));
     assert_eq!(String::from_utf8_lossy(&r.stdout), "host", "{r:?}");
 
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod_a.clone(),
-    })
-    .await
-    .unwrap();
+    cri::remove_pod(&mut rt, &pod_a).await;
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&shm.display().to_string()),
         "the pod's tmpfs is still mounted"
     );
     for pod in [pod_b, pod_h] {
-        rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
-            .await
-            .unwrap();
+        cri::remove_pod(&mut rt, &pod).await;
     }
     b.assert_no_leaks();
 }
@@ -528,7 +457,7 @@ async fn stop_pod_sandbox_kills_containers_without_a_grace_period() {
         host_path: signals.display().to_string(),
         ..Default::default()
     });
-    let (pod, id) = run_pod_with(rt.clone(), cri::pod("stubborn", &logs), ctr)
+    let (pod, id) = cri::run_pod_with(rt.clone(), cri::pod("stubborn", &logs), ctr)
         .await
         .unwrap();
     rt.stop_pod_sandbox(StopPodSandboxRequest {
@@ -549,9 +478,7 @@ async fn stop_pod_sandbox_kills_containers_without_a_grace_period() {
     assert_eq!(st.state, ContainerState::ContainerExited as i32, "{st:?}");
     assert_eq!(st.exit_code, 137, "{st:?}");
     assert!(!signals.join("seen").exists(), "the container got a SIGTERM first");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
-        .await
-        .unwrap();
+    cri::remove_pod(&mut rt, &pod).await;
     b.assert_no_leaks();
 }
 
@@ -581,15 +508,7 @@ async fn unknown_containers_are_not_found_and_bad_configs_name_the_field() {
 
     let logs = b.dir.path().join("logs");
     let sandbox = cri::pod("bad-configs", &logs);
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = cri::run_pod(&mut rt, &sandbox).await.unwrap();
     let good = || cri::container("bad", "true");
     let mut no_name = good();
     no_name.metadata.as_mut().unwrap().name.clear();
@@ -612,26 +531,12 @@ async fn unknown_containers_are_not_found_and_bad_configs_name_the_field() {
         (relative_mount, "mounts[0].container_path"),
         (negative, "memory_limit_in_bytes"),
     ] {
-        let e = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(config),
-                sandbox_config: Some(sandbox.clone()),
-            })
-            .await
-            .unwrap_err();
+        let e = cri::create(&mut rt, &pod, &sandbox, config).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}: {e:?}");
         assert!(e.message().contains(field), "{field}: {}", e.message());
     }
-    let ctrs = rt
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let ctrs = cri::containers(&mut rt).await;
     assert!(ctrs.is_empty(), "{ctrs:?}");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
-        .await
-        .unwrap();
+    cri::remove_pod(&mut rt, &pod).await;
     b.assert_no_leaks();
 }

@@ -4,14 +4,16 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use berth_cri::api::runtime_service_client::RuntimeServiceClient;
 use berth_cri::api::{
-    ContainerState, CreateContainerRequest, ExecSyncRequest, ListContainersRequest, ListPodSandboxRequest,
-    PodSandboxConfig, PodSandboxState, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    ContainerConfig, ContainerState, CreateContainerRequest, PodSandboxState, RunPodSandboxRequest,
     StopContainerRequest,
 };
-use berth_integration::{Berthd, BerthdOptions, cri, ensure_test_images, ok_stdout};
-use tonic::transport::Channel;
+use berth_integration::cri::{self, Runtime, create, run_pod, start};
+use berth_integration::{Berthd, BerthdOptions, ensure_test_images, ok_stdout};
+
+fn sleeper() -> ContainerConfig {
+    cri::container("app", "exec sleep 3600")
+}
 
 fn start_with_failpoints(spec: &str) -> Berthd {
     ensure_test_images();
@@ -24,50 +26,10 @@ fn start_with_failpoints(spec: &str) -> Berthd {
     b
 }
 
-async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
-    let req = RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: String::new(),
-    };
-    Ok(rt.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
-}
-
-async fn create(
-    rt: &mut RuntimeServiceClient<Channel>,
-    pod: &str,
-    config: &PodSandboxConfig,
-    name: &str,
-) -> Result<String, tonic::Status> {
-    let req = CreateContainerRequest {
-        pod_sandbox_id: pod.into(),
-        config: Some(cri::container(name, "exec sleep 3600")),
-        sandbox_config: Some(config.clone()),
-    };
-    Ok(rt.create_container(req).await?.into_inner().container_id)
-}
-
-async fn start(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<(), tonic::Status> {
-    rt.start_container(StartContainerRequest {
-        container_id: id.into(),
-    })
-    .await
-    .map(drop)
-}
-
 /// (id, state) of every pod, and of every container.
-async fn inventory(rt: &mut RuntimeServiceClient<Channel>) -> (Vec<(String, i32)>, Vec<(String, i32)>) {
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
-    let ctrs = rt
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+async fn inventory(rt: &mut Runtime) -> (Vec<(String, i32)>, Vec<(String, i32)>) {
+    let pods = cri::pods(rt).await;
+    let ctrs = cri::containers(rt).await;
     (
         pods.into_iter().map(|p| (p.id, p.state)).collect(),
         ctrs.into_iter().map(|c| (c.id, c.state)).collect(),
@@ -95,7 +57,7 @@ async fn kill_at(point: &str, expected: Outcome) {
     let mut pod = None;
     let result = async {
         pod = Some(run_pod(&mut rt, &config).await?);
-        let id = create(&mut rt, pod.as_deref().unwrap(), &config, "app").await?;
+        let id = create(&mut rt, pod.as_deref().unwrap(), &config, sleeper()).await?;
         start(&mut rt, &id).await
     }
     .await;
@@ -124,15 +86,7 @@ async fn kill_at(point: &str, expected: Outcome) {
             } else {
                 assert_eq!(ctrs.len(), 1, "{ctrs:?}");
                 assert_eq!(ctrs[0].1, ContainerState::ContainerRunning as i32);
-                let out = rt
-                    .exec_sync(ExecSyncRequest {
-                        container_id: ctrs[0].0.clone(),
-                        cmd: vec!["echo".into(), "alive".into()],
-                        timeout: 30,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let out = cri::exec(&mut rt, &ctrs[0].0, "echo alive").await;
                 assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alive");
                 rt.stop_container(StopContainerRequest {
                     container_id: ctrs[0].0.clone(),
@@ -156,11 +110,9 @@ async fn kill_at(point: &str, expected: Outcome) {
         Outcome::PodRolledBack => run_pod(&mut rt, &config).await.unwrap(),
         _ => pod.unwrap(),
     };
-    let id = create(&mut rt, &pod, &config, "app").await.unwrap();
+    let id = create(&mut rt, &pod, &config, sleeper()).await.unwrap();
     start(&mut rt, &id).await.unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
-        .await
-        .unwrap();
+    cri::remove_pod(&mut rt, &pod).await;
     b.assert_no_leaks();
 }
 
@@ -230,7 +182,7 @@ async fn a_create_whose_client_gave_up_is_finished_and_handed_to_the_retry() {
 
     let req = CreateContainerRequest {
         pod_sandbox_id: pod.clone(),
-        config: Some(cri::container("app", "exec sleep 3600")),
+        config: Some(sleeper()),
         sandbox_config: Some(config.clone()),
     };
     let e = rt.create_container(with_deadline(req, 300)).await.unwrap_err();
@@ -248,16 +200,14 @@ async fn a_create_whose_client_gave_up_is_finished_and_handed_to_the_retry() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(finished, "the abandoned create did not finish:\n{}", b.log_text());
-    let id = create(&mut rt, &pod, &config, "app").await.unwrap();
+    let id = create(&mut rt, &pod, &config, sleeper()).await.unwrap();
     let (_, ctrs) = inventory(&mut rt).await;
     assert_eq!(ctrs, vec![(id.clone(), ContainerState::ContainerCreated as i32)]);
     start(&mut rt, &id).await.unwrap();
     // Claimed once: a create with the name now is a duplicate.
-    let e = create(&mut rt, &pod, &config, "app").await.unwrap_err();
+    let e = create(&mut rt, &pod, &config, sleeper()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
 
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
-        .await
-        .unwrap();
+    cri::remove_pod(&mut rt, &pod).await;
     b.assert_no_leaks();
 }
