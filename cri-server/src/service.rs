@@ -28,6 +28,20 @@ fn reply<T>(r: crate::error::CriResult<T>) -> Result<Response<T>, Status> {
     r.map(Response::new).map_err(Status::from)
 }
 
+/// Runs a handler in its own task, so that a client that leaves (deadline, dropped connection: tonic drops the
+/// handler's future) does not stop a state change half-way; the change finishes and is recorded.
+async fn to_completion<T, F>(s: &Arc<Services>, handler: impl FnOnce(Arc<Services>) -> F) -> Result<Response<T>, Status>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = crate::error::CriResult<T>> + Send + 'static,
+{
+    let task = tokio::spawn(handler(s.clone()));
+    reply(
+        task.await
+            .unwrap_or_else(|e| Err(crate::error::CriError::Internal(format!("the call's task failed: {e}")))),
+    )
+}
+
 #[derive(Clone)]
 pub struct Runtime(pub Arc<Services>);
 
@@ -94,14 +108,16 @@ impl RuntimeService for Runtime {
     }
 
     async fn stop_pod_sandbox(&self, req: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
-        reply(crate::sandbox_stop::stop(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        to_completion(&self.0, |s| async move { crate::sandbox_stop::stop(&s.lifecycle, req).await }).await
     }
 
     async fn remove_pod_sandbox(
         &self,
         req: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        reply(crate::sandbox_stop::remove(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        to_completion(&self.0, |s| async move { crate::sandbox_stop::remove(&s.lifecycle, req).await }).await
     }
 
     async fn pod_sandbox_status(
@@ -135,18 +151,21 @@ impl RuntimeService for Runtime {
     }
 
     async fn start_container(&self, req: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
-        reply(crate::container_lifecycle::start(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        to_completion(&self.0, |s| async move { crate::container_lifecycle::start(&s.lifecycle, req).await }).await
     }
 
     async fn stop_container(&self, req: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
-        reply(crate::container_lifecycle::stop(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        to_completion(&self.0, |s| async move { crate::container_lifecycle::stop(&s.lifecycle, req).await }).await
     }
 
     async fn remove_container(
         &self,
         req: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        reply(crate::container_lifecycle::remove(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        to_completion(&self.0, |s| async move { crate::container_lifecycle::remove(&s.lifecycle, req).await }).await
     }
 
     async fn list_containers(&self, req: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use berth_cri::api::{
     ContainerConfig, ContainerState, CreateContainerRequest, PodSandboxState, RunPodSandboxRequest,
-    StopContainerRequest,
+    StartContainerRequest, StopContainerRequest,
 };
 use berth_integration::cri::{self, Runtime, create, run_pod, start};
 use berth_integration::{Berthd, BerthdOptions, ensure_test_images, ok_stdout};
@@ -158,10 +158,13 @@ fn with_deadline<T>(msg: T, ms: u64) -> tonic::Request<T> {
 }
 
 /// RunPodSandbox and CreateContainer whose client gives up half-way: the work still finishes, and kubelet's
-/// retry with the same name gets the object (joining the run still going, or claiming the finished one).
+/// retry with the same name gets the object (joining the run still going, or claiming the finished one); a
+/// StartContainer whose client gave up is still recorded.
 #[tokio::test]
 async fn a_create_whose_client_gave_up_is_finished_and_handed_to_the_retry() {
-    let mut b = start_with_failpoints("run_pod.after_pin=sleep(2000),create_container.after_create=sleep(2000)");
+    let mut b = start_with_failpoints(
+        "run_pod.after_pin=sleep(2000),create_container.after_create=sleep(2000),start_container.after_start=sleep(2000)",
+    );
     let mut rt = b.runtime().await.unwrap();
     let logs = b.dir.path().join("logs");
     let config = cri::pod("impatient", &logs);
@@ -203,10 +206,31 @@ async fn a_create_whose_client_gave_up_is_finished_and_handed_to_the_retry() {
     let id = create(&mut rt, &pod, &config, sleeper()).await.unwrap();
     let (_, ctrs) = inventory(&mut rt).await;
     assert_eq!(ctrs, vec![(id.clone(), ContainerState::ContainerCreated as i32)]);
-    start(&mut rt, &id).await.unwrap();
     // Claimed once: a create with the name now is a duplicate.
     let e = create(&mut rt, &pod, &config, sleeper()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+
+    // A StartContainer whose client gave up still records the start: the container becomes Running (not
+    // Created forever, with its process running) and is manageable.
+    let req = StartContainerRequest {
+        container_id: id.clone(),
+    };
+    let e = rt.start_container(with_deadline(req, 300)).await.unwrap_err();
+    assert!(
+        matches!(e.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+        "{e:?}"
+    );
+    let mut state = ContainerState::ContainerCreated as i32;
+    for _ in 0..100 {
+        state = inventory(&mut rt).await.1[0].1;
+        if state != ContainerState::ContainerCreated as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, ContainerState::ContainerRunning as i32);
+    let out = cri::exec(&mut rt, &id, "echo alive").await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alive");
 
     cri::remove_pod(&mut rt, &pod).await;
     b.assert_no_leaks();
