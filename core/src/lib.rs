@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dylib;
 pub mod events;
+pub mod failpoint;
 pub mod lifecycle;
 pub mod model;
 pub mod plugin;

@@ -45,7 +45,7 @@ fn pod_context(pod: &PodSandbox) -> PodContext {
         etc_hosts: file("hosts"),
         etc_hostname: file("hostname"),
         resolv_conf: file("resolv.conf"),
-        shm: None,
+        shm: r.namespaces.shm.clone().filter(|p| p.exists()),
     }
 }
 
@@ -66,6 +66,13 @@ async fn user_databases(lifecycle: &Lifecycle, image: &Image, key: &str) -> (Opt
         tracing::warn!(key, "cannot remove a user-database view: {e}");
     }
     dbs
+}
+
+/// The pod and the container name and attempt a CreateContainer reserves (kubelet's retry repeats them),
+/// keying its detached run.
+pub fn request_key(req: &CreateContainerRequest) -> String {
+    let m = req.config.as_ref().and_then(|c| c.metadata.clone()).unwrap_or_default();
+    format!("container/{}/{}/{}", req.pod_sandbox_id, m.name, m.attempt)
 }
 
 pub async fn handle(

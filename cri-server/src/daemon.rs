@@ -73,6 +73,7 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 /// Opens the store, starts every plugin and recovers what a previous berthd left; what `run` serves.
 pub async fn start_services(config: Config) -> anyhow::Result<Arc<Services>> {
     config.validate()?;
+    berth_core::failpoint::init();
     create_private_dir(&config.root)?;
     create_private_dir(&config.state)?;
     let store = Store::open(&config.store_path())?;
@@ -120,6 +121,7 @@ pub async fn start_services(config: Config) -> anyhow::Result<Arc<Services>> {
         lifecycle,
         images,
         streaming: Arc::new(streaming),
+        creates: Default::default(),
     }))
 }
 

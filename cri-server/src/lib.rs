@@ -9,6 +9,7 @@ pub mod container_lifecycle;
 pub mod container_status;
 pub mod container_update;
 pub mod daemon;
+pub mod detached;
 pub mod error;
 pub mod exec_sync;
 pub mod image_service;

@@ -18,6 +18,18 @@ pub async fn handle(lifecycle: &Lifecycle, req: RunPodSandboxRequest) -> CriResu
     Ok(RunPodSandboxResponse { pod_sandbox_id: pod.id })
 }
 
+/// The name a RunPodSandbox reserves (kubelet's retry repeats it), keying its detached run.
+pub fn request_key(req: &RunPodSandboxRequest) -> String {
+    let m = req.config.as_ref().and_then(|c| c.metadata.clone()).unwrap_or_default();
+    let meta = PodMetadata {
+        name: m.name,
+        uid: m.uid,
+        namespace: m.namespace,
+        attempt: m.attempt,
+    };
+    format!("pod/{}", meta.reserved_name())
+}
+
 /// The checks CRI implementations agree on, then the spec module's (security context, sysctls).
 pub fn validate(config: &PodSandboxConfig) -> CriResult<()> {
     crate::spec::validate_pod_config(config)?;

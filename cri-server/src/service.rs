@@ -19,11 +19,27 @@ pub struct Services {
     pub lifecycle: Lifecycle,
     pub images: berth_images::ImageStore,
     pub streaming: Arc<berth_streaming::StreamingServer>,
+    /// RunPodSandbox and CreateContainer calls, run to completion even when their client leaves.
+    pub creates: Arc<crate::detached::DetachedCreates>,
 }
 
 /// Wraps a handler result for tonic.
 fn reply<T>(r: crate::error::CriResult<T>) -> Result<Response<T>, Status> {
     r.map(Response::new).map_err(Status::from)
+}
+
+/// Runs a handler in its own task, so that a client that leaves (deadline, dropped connection: tonic drops the
+/// handler's future) does not stop a state change half-way; the change finishes and is recorded.
+async fn to_completion<T, F>(s: &Arc<Services>, handler: impl FnOnce(Arc<Services>) -> F) -> Result<Response<T>, Status>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = crate::error::CriResult<T>> + Send + 'static,
+{
+    let task = tokio::spawn(handler(s.clone()));
+    reply(
+        task.await
+            .unwrap_or_else(|e| Err(crate::error::CriError::Internal(format!("the call's task failed: {e}")))),
+    )
 }
 
 #[derive(Clone)]
@@ -76,18 +92,32 @@ impl RuntimeService for Runtime {
     }
 
     async fn run_pod_sandbox(&self, req: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
-        reply(crate::sandbox_run::handle(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        let key = crate::sandbox_run::request_key(&req);
+        let s = self.0.clone();
+        let exists = |id: &str| s.lifecycle.get_pod(id).is_ok();
+        let work = {
+            let s = self.0.clone();
+            async move {
+                let r = crate::sandbox_run::handle(&s.lifecycle, req).await;
+                r.map(|r| r.pod_sandbox_id).map_err(Status::from)
+            }
+        };
+        let pod_sandbox_id = self.0.creates.run(key, exists, work).await?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }))
     }
 
     async fn stop_pod_sandbox(&self, req: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
-        reply(crate::sandbox_stop::stop(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        to_completion(&self.0, |s| async move { crate::sandbox_stop::stop(&s.lifecycle, req).await }).await
     }
 
     async fn remove_pod_sandbox(
         &self,
         req: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        reply(crate::sandbox_stop::remove(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        to_completion(&self.0, |s| async move { crate::sandbox_stop::remove(&s.lifecycle, req).await }).await
     }
 
     async fn pod_sandbox_status(
@@ -105,22 +135,37 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        reply(crate::container_create::handle(&self.0.lifecycle, &self.0.images, req.into_inner()).await)
+        let req = req.into_inner();
+        let key = crate::container_create::request_key(&req);
+        let s = self.0.clone();
+        let exists = |id: &str| s.lifecycle.get_container(id).is_ok();
+        let work = {
+            let s = self.0.clone();
+            async move {
+                let r = crate::container_create::handle(&s.lifecycle, &s.images, req).await;
+                r.map(|r| r.container_id).map_err(Status::from)
+            }
+        };
+        let container_id = self.0.creates.run(key, exists, work).await?;
+        Ok(Response::new(CreateContainerResponse { container_id }))
     }
 
     async fn start_container(&self, req: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
-        reply(crate::container_lifecycle::start(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        to_completion(&self.0, |s| async move { crate::container_lifecycle::start(&s.lifecycle, req).await }).await
     }
 
     async fn stop_container(&self, req: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
-        reply(crate::container_lifecycle::stop(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        to_completion(&self.0, |s| async move { crate::container_lifecycle::stop(&s.lifecycle, req).await }).await
     }
 
     async fn remove_container(
         &self,
         req: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        reply(crate::container_lifecycle::remove(&self.0.lifecycle, req.into_inner()).await)
+        let req = req.into_inner();
+        to_completion(&self.0, |s| async move { crate::container_lifecycle::remove(&s.lifecycle, req).await }).await
     }
 
     async fn list_containers(&self, req: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {

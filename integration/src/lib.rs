@@ -52,6 +52,8 @@ pub struct BerthdOptions {
     /// Extra TOML appended to the generated config.
     pub config: String,
     pub args: Vec<String>,
+    /// Extra environment, e.g. `BERTH_FAILPOINT` (the first berthd only: `respawn` starts a clean one).
+    pub env: Vec<(String, String)>,
 }
 
 /// A berthd child on a temp root, state and socket; stopped (SIGTERM, then SIGKILL) and cleaned on drop.
@@ -116,6 +118,7 @@ impl Berthd {
             .arg(&socket)
             .args(&opts.args)
             .env("RUST_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::OpenOptions::new().append(true).open(&log)?)
@@ -178,6 +181,20 @@ impl Berthd {
             .expect("run crictl")
     }
 
+    /// Waits for berthd to exit by itself (a failpoint), at most `timeout`; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Sends a signal and waits for the exit, at most `timeout`.
     pub fn stop_with(&mut self, signal: Signal, timeout: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
@@ -236,12 +253,14 @@ impl Drop for Berthd {
     }
 }
 
-/// SIGKILLs every process whose command line names `state` (the shims a berthd started there).
-pub fn kill_shims_of(state: &Path) {
+/// The pids of the processes whose command line names `state`: the shims a berthd started there (and the
+/// berthd itself, if it runs).
+pub fn shims_of(state: &Path) -> Vec<i32> {
     let needle = state.display().to_string();
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for p in procs.flatten() {
         let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -249,8 +268,97 @@ pub fn kill_shims_of(state: &Path) {
         let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         if args.windows(2).any(|w| w[0] == b"--state" && w[1] == needle.as_bytes()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            out.push(pid);
         }
+    }
+    out
+}
+
+/// SIGKILLs the shims a berthd started on `state`.
+pub fn kill_shims_of(state: &Path) {
+    for pid in shims_of(state) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// The entries of a directory (empty when it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Berthd {
+    /// What pods and containers hold on the host that is still there: mounts under this berthd's dirs, namespace
+    /// pins, pod and container state dirs, veths on its bridge, cgroups under its parent, shims. Empty once
+    /// every pod is removed (the bridge, nft table and the cgroup parent itself stay by design).
+    pub fn host_leaks(&self) -> Vec<String> {
+        let mut leaks = Vec::new();
+        let dir = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if m.starts_with(&dir) {
+                leaks.push(format!("mount {m}"));
+            }
+        }
+        for kind in ["netns", "ipcns", "utsns", "pods", "containers"] {
+            for e in entries(&self.state().join(kind)) {
+                leaks.push(format!("{kind}/{e}"));
+            }
+        }
+        for veth in entries(&Path::new("/sys/class/net").join(&self.bridge).join("brif")) {
+            leaks.push(format!("veth {veth}"));
+        }
+        let cgroup_mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for mnt in cgroup_mounts.lines().filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2")).then(|| f[1].to_string())
+        }) {
+            let parent = Path::new(&mnt).join(self.cgroup_parent.trim_start_matches('/'));
+            for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    leaks.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+        let berthd = self.child.as_ref().map(|c| c.id() as i32);
+        for pid in shims_of(&self.state()).into_iter().filter(|p| Some(*p) != berthd) {
+            leaks.push(format!("shim pid {pid}"));
+        }
+        leaks
+    }
+
+    /// Records left in the metadata store: pods, containers, reserved names, intents, IP allocations. berthd
+    /// must be stopped (the store has one writer).
+    pub fn store_leaks(&self) -> Vec<String> {
+        assert!(self.child.is_none(), "store_leaks needs berthd stopped");
+        let store = berth_core::Store::open(&self.root().join("meta.redb")).expect("open the store");
+        let mut leaks = Vec::new();
+        for table in [
+            berth_core::Table::Pods,
+            berth_core::Table::Containers,
+            berth_core::Table::Names,
+            berth_core::Table::Intents,
+            berth_core::Table::IpAllocations,
+        ] {
+            for (key, _) in store.list::<serde_json::Value>(table).expect("list a table") {
+                leaks.push(format!("{table:?} {key}"));
+            }
+        }
+        leaks
+    }
+
+    /// Stops berthd (SIGTERM) and asserts that nothing of any pod is left, on the host or in the store.
+    pub fn assert_no_leaks(&mut self) {
+        let host = self.host_leaks();
+        assert!(host.is_empty(), "left on the host: {host:#?}");
+        self.stop_with(Signal::SIGTERM, Duration::from_secs(20));
+        let store = self.store_leaks();
+        assert!(store.is_empty(), "left in the store: {store:#?}");
     }
 }
 
@@ -351,5 +459,154 @@ impl Berthd {
                 .spawn()?,
         );
         self.wait_ready(Duration::from_secs(30))
+    }
+}
+
+/// CRI configs as kubelet sends them, for tests that speak gRPC.
+pub mod cri {
+    use berth_cri::api::runtime_service_client::RuntimeServiceClient;
+    use berth_cri::api::{
+        Container, ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse,
+        ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+        LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
+        PodSandbox, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
+        StartContainerRequest,
+    };
+    use tonic::Status;
+    use tonic::transport::Channel;
+
+    pub type Runtime = RuntimeServiceClient<Channel>;
+
+    pub async fn run_pod(rt: &mut Runtime, config: &PodSandboxConfig) -> Result<String, Status> {
+        let req = RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        };
+        Ok(rt.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
+    }
+
+    pub async fn create(
+        rt: &mut Runtime,
+        pod: &str,
+        sandbox: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> Result<String, Status> {
+        let req = CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox.clone()),
+        };
+        Ok(rt.create_container(req).await?.into_inner().container_id)
+    }
+
+    pub async fn start(rt: &mut Runtime, id: &str) -> Result<(), Status> {
+        let req = StartContainerRequest {
+            container_id: id.into(),
+        };
+        rt.start_container(req).await.map(drop)
+    }
+
+    /// RunPodSandbox + CreateContainer + StartContainer; returns (pod id, container id).
+    pub async fn run_pod_with(
+        mut rt: Runtime,
+        sandbox: PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> Result<(String, String), Status> {
+        let pod = run_pod(&mut rt, &sandbox).await?;
+        let id = create(&mut rt, &pod, &sandbox, config).await?;
+        start(&mut rt, &id).await?;
+        Ok((pod, id))
+    }
+
+    pub async fn pods(rt: &mut Runtime) -> Vec<PodSandbox> {
+        let req = ListPodSandboxRequest { filter: None };
+        rt.list_pod_sandbox(req)
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items
+    }
+
+    pub async fn containers(rt: &mut Runtime) -> Vec<Container> {
+        let req = ListContainersRequest { filter: None };
+        rt.list_containers(req)
+            .await
+            .expect("ListContainers")
+            .into_inner()
+            .containers
+    }
+
+    pub async fn remove_pod(rt: &mut Runtime, id: &str) {
+        let req = RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        };
+        rt.remove_pod_sandbox(req).await.expect("RemovePodSandbox");
+    }
+
+    /// ExecSync of `sh -c script`.
+    pub async fn exec(rt: &mut Runtime, id: &str, script: &str) -> ExecSyncResponse {
+        let req = ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            timeout: 30,
+        };
+        rt.exec_sync(req).await.expect("ExecSync").into_inner()
+    }
+
+    /// The default test image.
+    pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+    /// kubelet's default: one PID namespace per container, the pod's network and IPC.
+    fn namespaces() -> NamespaceOption {
+        NamespaceOption {
+            pid: NamespaceMode::Container as i32,
+            ..Default::default()
+        }
+    }
+
+    /// A pod named `name` (uid `<name>-uid`) logging under `log_root/<name>`.
+    pub fn pod(name: &str, log_root: &std::path::Path) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("{name}-uid"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: log_root.join(name).display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(namespaces()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A busybox container running `sh -c script`.
+    pub fn container(name: &str, script: &str) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(namespaces()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 }

@@ -5,10 +5,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use berth_cri::api::{
-    ContainerStatusRequest, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerState, ContainerStatusRequest, ExecSyncRequest, LinuxContainerResources, Mount, NamespaceMode,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
-use berth_integration::{Berthd, BerthdOptions, ensure_test_images, ok_stdout, unique};
+use berth_integration::{Berthd, BerthdOptions, cri, ensure_test_images, ok_stdout, unique};
 use nix::sys::signal::Signal;
 
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -361,4 +362,253 @@ async fn pod_stats_count_the_pod_s_network_traffic() {
     let net = mine.linux.as_ref().unwrap().network.as_ref().unwrap();
     assert!(n(&net.default_interface.as_ref().unwrap().tx_bytes) >= n(&after.tx_bytes));
     ok_stdout(&b.crictl(&["rmp", "-f", &pod]), "crictl rmp -f");
+}
+
+/// 50 pods started at once, each with a running container: all succeed, all listed with the right state and
+/// owner, and once all are stopped and removed (at once too) nothing of them is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_pods_run_list_and_go_away_without_leaks() {
+    const N: usize = 50;
+    let mut b = start_berthd();
+    let rt = b.runtime().await.unwrap();
+    let logs = b.dir.path().join("logs");
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let config = cri::pod(&format!("many-{i}"), &logs);
+        let ctr = cri::container("sleeper", "exec sleep 3600");
+        tasks.push(tokio::spawn(cri::run_pod_with(rt.clone(), config, ctr)));
+    }
+    let mut started = std::collections::BTreeMap::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (pod, ctr) = t
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("pod {i}: {e:?}\n{}", b.log_text()));
+        started.insert(ctr, pod);
+    }
+    assert_eq!(started.len(), N);
+
+    let mut rt = rt;
+    let pods = cri::pods(&mut rt).await;
+    assert_eq!(pods.len(), N);
+    assert!(
+        pods.iter().all(|p| p.state == PodSandboxState::SandboxReady as i32),
+        "{pods:?}"
+    );
+    let ctrs = cri::containers(&mut rt).await;
+    assert_eq!(ctrs.len(), N);
+    for c in &ctrs {
+        assert_eq!(c.state, ContainerState::ContainerRunning as i32, "{c:?}");
+        assert_eq!(started.get(&c.id), Some(&c.pod_sandbox_id), "{c:?}");
+    }
+    let mut ips: Vec<String> = Vec::new();
+    for p in &pods {
+        let s = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: p.id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ips.push(s.status.unwrap().network.unwrap().ip);
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), N, "every pod has its own IP");
+
+    let mut tasks = Vec::new();
+    for pod in started.values().cloned() {
+        let mut rt = rt.clone();
+        tasks.push(tokio::spawn(async move {
+            rt.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await?;
+            rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let left = cri::pods(&mut rt).await;
+    assert!(left.is_empty(), "{left:?}");
+    b.assert_no_leaks();
+}
+
+/// The containers of a pod share one /dev/shm (the pod's 64 MiB tmpfs); another pod has its own; an IPC=NODE
+/// pod sees the host's; the tmpfs goes with the pod.
+#[tokio::test]
+async fn containers_of_a_pod_share_its_dev_shm_and_no_one_else_does() {
+    let mut b = start_berthd();
+    let mut rt = b.runtime().await.unwrap();
+    let logs = b.dir.path().join("logs");
+    let (pod_a, one) = cri::run_pod_with(
+        rt.clone(),
+        cri::pod("shm-a", &logs),
+        cri::container("one", "exec sleep 3600"),
+    )
+    .await
+    .unwrap();
+    let two = cri::create(
+        &mut rt,
+        &pod_a,
+        &cri::pod("shm-a", &logs),
+        cri::container("two", "exec sleep 3600"),
+    )
+    .await
+    .unwrap();
+    cri::start(&mut rt, &two).await.unwrap();
+    let (pod_b, three) = cri::run_pod_with(
+        rt.clone(),
+        cri::pod("shm-b", &logs),
+        cri::container("three", "exec sleep 3600"),
+    )
+    .await
+    .unwrap();
+
+    let w = cri::exec(&mut rt, &one, "echo shared > /dev/shm/marker").await;
+    assert_eq!(w.exit_code, 0, "{w:?}");
+    let r = cri::exec(&mut rt, &two, "cat /dev/shm/marker").await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "shared", "{r:?}");
+    let other = cri::exec(&mut rt, &three, "test -e /dev/shm/marker").await;
+    assert_eq!(other.exit_code, 1, "another pod sees the marker: {other:?}");
+    let m = cri::exec(&mut rt, &two, "grep ' /dev/shm ' /proc/self/mountinfo").await;
+    let m = String::from_utf8_lossy(&m.stdout).into_owned();
+    assert!(m.contains("tmpfs") && m.contains("size=65536k"), "{m}");
+    // It is the pod's tmpfs, under the pod's state dir.
+    let shm = b.state().join("pods").join(&pod_a).join("shm");
+    assert_eq!(std::fs::read_to_string(shm.join("marker")).unwrap().trim(), "shared");
+
+    // An IPC=NODE pod uses the host's /dev/shm.
+    let host_file = format!("berth-it-{}", unique(""));
+    std::fs::write(Path::new("/dev/shm").join(&host_file), "host").unwrap();
+    let mut host_ipc = cri::pod("shm-host", &logs);
+    let ns = host_ipc
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .unwrap();
+    ns.ipc = NamespaceMode::Node as i32;
+    let (pod_h, four) = cri::run_pod_with(rt.clone(), host_ipc, cri::container("four", "exec sleep 3600"))
+        .await
+        .unwrap();
+    let r = cri::exec(&mut rt, &four, &format!("cat /dev/shm/{host_file}")).await;
+    let _ = std::fs::remove_file(Path::new("/dev/shm").join(&host_file));
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "host", "{r:?}");
+
+    cri::remove_pod(&mut rt, &pod_a).await;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&shm.display().to_string()),
+        "the pod's tmpfs is still mounted"
+    );
+    for pod in [pod_b, pod_h] {
+        cri::remove_pod(&mut rt, &pod).await;
+    }
+    b.assert_no_leaks();
+}
+
+/// StopPodSandbox kills the containers at once (CRI: "forcibly terminated"; containerd uses no grace): a
+/// container that ignores SIGTERM is exited when the call returns, and never saw a SIGTERM.
+#[tokio::test]
+async fn stop_pod_sandbox_kills_containers_without_a_grace_period() {
+    let mut b = start_berthd();
+    let mut rt = b.runtime().await.unwrap();
+    let logs = b.dir.path().join("logs");
+    let signals = b.dir.path().join("signals");
+    std::fs::create_dir_all(&signals).unwrap();
+    let mut ctr = cri::container(
+        "stubborn",
+        "trap 'echo TERM >> /signals/seen' TERM; while true; do sleep 0.1; done",
+    );
+    ctr.mounts.push(Mount {
+        container_path: "/signals".into(),
+        host_path: signals.display().to_string(),
+        ..Default::default()
+    });
+    let (pod, id) = cri::run_pod_with(rt.clone(), cri::pod("stubborn", &logs), ctr)
+        .await
+        .unwrap();
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    let st = rt
+        .container_status(ContainerStatusRequest {
+            container_id: id,
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, ContainerState::ContainerExited as i32, "{st:?}");
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert!(!signals.join("seen").exists(), "the container got a SIGTERM first");
+    cri::remove_pod(&mut rt, &pod).await;
+    b.assert_no_leaks();
+}
+
+/// Status, start and exec of an unknown container are NotFound; a bad container config is InvalidArgument
+/// naming the field.
+#[tokio::test]
+async fn unknown_containers_are_not_found_and_bad_configs_name_the_field() {
+    let mut b = start_berthd();
+    let mut rt = b.runtime().await.unwrap();
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let e = rt
+        .start_container(StartContainerRequest {
+            container_id: unknown.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: unknown.into(),
+            cmd: vec!["true".into()],
+            timeout: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    let logs = b.dir.path().join("logs");
+    let sandbox = cri::pod("bad-configs", &logs);
+    let pod = cri::run_pod(&mut rt, &sandbox).await.unwrap();
+    let good = || cri::container("bad", "true");
+    let mut no_name = good();
+    no_name.metadata.as_mut().unwrap().name.clear();
+    let mut no_image = good();
+    no_image.image = None;
+    let mut relative_mount = good();
+    relative_mount.mounts.push(Mount {
+        container_path: "data".into(),
+        host_path: "/tmp".into(),
+        ..Default::default()
+    });
+    let mut negative = good();
+    negative.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: -1,
+        ..Default::default()
+    });
+    for (config, field) in [
+        (no_name, "metadata.name"),
+        (no_image, "image.image"),
+        (relative_mount, "mounts[0].container_path"),
+        (negative, "memory_limit_in_bytes"),
+    ] {
+        let e = cri::create(&mut rt, &pod, &sandbox, config).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}: {e:?}");
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+    let ctrs = cri::containers(&mut rt).await;
+    assert!(ctrs.is_empty(), "{ctrs:?}");
+    cri::remove_pod(&mut rt, &pod).await;
+    b.assert_no_leaks();
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::{Intent, Lifecycle, LifecycleError, LifecycleResult, intent_key, undo_failed};
 use crate::events::EventKind;
+use crate::failpoint;
 use crate::model::{ChainId, Container, ContainerRuntime, ContainerState, MountRecord, PodState, new_id, now_nanos};
 use crate::plugin::PluginError;
 use crate::plugin::isolation::{ContainerSpec, ExecOutput, ExecSpec, ExitStatus, ProcessState, Rootfs};
@@ -164,9 +165,11 @@ impl Lifecycle {
                 LifecycleError::AlreadyExists(format!("container name {name:?} is reserved by {holder}"))
             })?;
         }
+        failpoint::hit("create_container.after_intent").await;
         let _guard = self.inner.locks.lock(&id).await;
         match self.create_container_steps(&req, &pod.runtime.cgroup, &mut c).await {
             Ok(()) => {
+                failpoint::hit("create_container.after_create").await;
                 let (rec, key) = (c.clone(), intent_key("container", &id));
                 self.write(move |tx| {
                     tx.put(Table::Containers, &rec.id, &rec)?;
@@ -294,6 +297,7 @@ impl Lifecycle {
             )));
         }
         let pid = self.plugins().isolation.start(id).await?;
+        failpoint::hit("start_container.after_start").await;
         c.state = ContainerState::Running;
         c.started_at = now_nanos();
         c.runtime.pid = pid;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{Intent, Lifecycle, LifecycleError, LifecycleResult, intent_key, podfiles, undo_failed};
+use crate::failpoint;
 use crate::model::{ContainerState, PodMetadata, PodRuntime, PodSandbox, PodState, new_id, now_nanos};
 use crate::plugin::PluginError;
 use crate::plugin::isolation::PodIsolation;
@@ -149,6 +150,7 @@ impl Lifecycle {
                 LifecycleError::AlreadyExists(format!("pod sandbox name {name:?} is reserved by {holder}"))
             })?;
         }
+        failpoint::hit("run_pod.after_intent").await;
         let _guard = self.inner.locks.lock(&id).await;
         match self.run_pod_steps(&req, &mut pod).await {
             Ok(()) => {
@@ -202,6 +204,7 @@ impl Lifecycle {
             })
             .await?;
         pod.runtime.namespaces = ns.clone();
+        failpoint::hit("run_pod.after_pin").await;
         // 4. Network.
         if let Some(net) = pod.runtime.network.as_mut() {
             net.netns_path = ns
@@ -213,6 +216,7 @@ impl Lifecycle {
         if let Some(net) = &pod.runtime.network {
             let status = plugins.network.setup(net).await?;
             pod.runtime.ips = status.ips.iter().map(|ip| ip.to_string()).collect();
+            failpoint::hit("run_pod.after_network").await;
         }
         // 5. Pod files.
         let hosts = podfiles::hosts(req.host_network, &pod.runtime.hostname, &pod.runtime.ips);
@@ -298,16 +302,18 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// StopPodSandbox: kills every container (CRI: forcibly, after their grace), tears the network down,
-    /// unpins the namespaces. Idempotent; an unknown id is not an error.
+    /// StopPodSandbox: kills every container, tears the network down, unpins the namespaces. Idempotent; an
+    /// unknown id is not an error.
+    ///
+    /// The CRI says the containers "must be forcibly terminated": like containerd, with no grace (SIGKILL at
+    /// once). kubelet stops each container with its own grace period before it stops the pod.
     pub async fn stop_pod(&self, id: &str) -> LifecycleResult<()> {
         let Some(mut pod) = self.store().get::<PodSandbox>(Table::Pods, id)? else {
             return Ok(());
         };
-        let grace = std::time::Duration::from_secs(self.config().isolation.default_stop_timeout_secs);
         for c in self.list_containers()?.into_iter().filter(|c| c.pod_id == pod.id) {
             if matches!(c.state, ContainerState::Running | ContainerState::Created) {
-                self.stop_container(&c.id, grace).await?;
+                self.stop_container(&c.id, std::time::Duration::ZERO).await?;
             }
         }
         let _guard = self.inner.locks.lock(&pod.id).await;

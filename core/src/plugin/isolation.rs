@@ -46,6 +46,9 @@ pub struct PodNamespaces {
     /// `/proc/<infra pid>/ns/pid` of the infra process when the pod shares a PID namespace.
     pub pid: Option<PathBuf>,
     pub infra_pid: Option<u32>,
+    /// The pod's /dev/shm directory (a tmpfs every container binds), when the pod has its own IPC namespace.
+    #[serde(default)]
+    pub shm: Option<PathBuf>,
 }
 
 /// How to get the container's root filesystem.

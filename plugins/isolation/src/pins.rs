@@ -1,5 +1,7 @@
 //! Pinned pod namespaces: `<state>/netns|ipcns|utsns/<pod-id>`, each a bind mount of a namespace file, created
-//! by a throwaway thread (never a tokio worker: unshare changes the calling thread).
+//! by a throwaway thread (never a tokio worker: unshare changes the calling thread). With its own IPC namespace,
+//! the pod also gets its /dev/shm: a tmpfs at `<state>/pods/<pod-id>/shm` that every container of the pod
+//! bind-mounts (containerd's sandbox shm), so they share POSIX shared memory as they share SysV IPC.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +33,33 @@ pub fn pin_path(state: &Path, kind: &str, pod_id: &str) -> PathBuf {
     state.join(kind).join(pod_id)
 }
 
+/// Size of the pod's /dev/shm, containerd's and Docker's default.
+const SHM_SIZE_KIB: u64 = 64 * 1024;
+
+/// Where the pod's shared /dev/shm tmpfs is mounted.
+pub fn shm_path(state: &Path, pod_id: &str) -> PathBuf {
+    state.join("pods").join(pod_id).join("shm")
+}
+
+fn mount_shm(path: &Path) -> Result<(), PinError> {
+    std::fs::create_dir_all(path).map_err(|source| PinError::Io {
+        what: "creating",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(format!("mode=1777,size={SHM_SIZE_KIB}k").as_str()),
+    )
+    .map_err(|source| PinError::Sys {
+        what: format!("mounting the pod's /dev/shm tmpfs on {}", path.display()),
+        source,
+    })
+}
+
 const KINDS: [(&str, &str, CloneFlags); 3] = [
     ("netns", "net", CloneFlags::CLONE_NEWNET),
     ("ipcns", "ipc", CloneFlags::CLONE_NEWIPC),
@@ -38,8 +67,22 @@ const KINDS: [(&str, &str, CloneFlags); 3] = [
 ];
 
 /// Creates the pod's net/ipc/uts namespaces (those not shared with the host), sets the hostname and sysctls in
-/// them and pins them. Returns the pin paths (net, ipc, uts).
-pub fn pin(state: &Path, pod: &PodIsolation) -> Result<[Option<PathBuf>; 3], PinError> {
+/// them and pins them; mounts the pod's /dev/shm when it has its own IPC namespace. Returns the pin paths (net,
+/// ipc, uts) and the /dev/shm directory.
+pub fn pin(state: &Path, pod: &PodIsolation) -> Result<([Option<PathBuf>; 3], Option<PathBuf>), PinError> {
+    let paths = pin_namespaces(state, pod)?;
+    if pod.host_ipc {
+        return Ok((paths, None));
+    }
+    let shm = shm_path(state, &pod.pod_id);
+    if let Err(e) = mount_shm(&shm) {
+        unpin(state, &pod.pod_id);
+        return Err(e);
+    }
+    Ok((paths, Some(shm)))
+}
+
+fn pin_namespaces(state: &Path, pod: &PodIsolation) -> Result<[Option<PathBuf>; 3], PinError> {
     let wanted = [!pod.host_network, !pod.host_ipc, !pod.host_uts];
     let mut paths: [Option<PathBuf>; 3] = Default::default();
     let mut flags = CloneFlags::empty();
@@ -114,11 +157,15 @@ pub fn pin(state: &Path, pod: &PodIsolation) -> Result<[Option<PathBuf>; 3], Pin
     Ok(paths)
 }
 
-/// Unmounts and removes the pod's pins; idempotent, ignores what is not there.
+/// Unmounts and removes the pod's pins and /dev/shm; idempotent, ignores what is not there. The containers'
+/// binds of the shm keep its tmpfs alive until they are gone (MNT_DETACH).
 pub fn unpin(state: &Path, pod_id: &str) {
     for (dir, _, _) in KINDS {
         let path = pin_path(state, dir, pod_id);
         let _ = umount2(&path, MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&path);
     }
+    let shm = shm_path(state, pod_id);
+    let _ = umount2(&shm, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&shm);
 }

@@ -322,13 +322,14 @@ fn collect_output(
 impl Isolation for LinuxIsolation {
     async fn pin_namespaces(&self, pod: &PodIsolation) -> PluginResult<PodNamespaces> {
         let (state, p) = (self.state.clone(), pod.clone());
-        let [net, ipc, uts] = blocking(move || crate::pins::pin(&state, &p).map_err(internal)).await?;
+        let ([net, ipc, uts], shm) = blocking(move || crate::pins::pin(&state, &p).map_err(internal)).await?;
         let mut ns = PodNamespaces {
             net,
             ipc,
             uts,
             pid: None,
             infra_pid: None,
+            shm,
         };
         if let Err(e) = self.ensure_shim(&pod.pod_id).await {
             crate::pins::unpin(&self.state, &pod.pod_id);

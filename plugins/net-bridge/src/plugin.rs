@@ -97,6 +97,9 @@ pub struct BridgeNetwork {
     masquerade: bool,
     table: String,
     host: OnceCell<rtnetlink::Handle>,
+    /// Held around netlink dumps on the shared `host` socket: the kernel runs one dump per socket at a time
+    /// and answers a concurrent one with EBUSY (seen with 50 pods set up at once).
+    dumps: Mutex<()>,
     nft: Mutex<NftState>,
 }
 
@@ -140,6 +143,7 @@ impl BridgeNetwork {
             store,
             masquerade: config.masquerade,
             host: OnceCell::new(),
+            dumps: Mutex::new(()),
             nft: Mutex::new(NftState::default()),
         };
         let ranges = if config.cidr.trim().is_empty() {
@@ -235,6 +239,7 @@ impl BridgeNetwork {
 
     async fn ensure_bridge(&self) -> Result<u32, BridgeError> {
         let host = self.host().await?;
+        let _dump = self.dumps.lock().await;
         let index = link::ensure_bridge(
             host,
             &BridgeSpec {
@@ -375,7 +380,11 @@ impl BridgeNetwork {
         let host = self.host().await?;
         if let Some(bridge_index) = link::index_of(host, &self.bridge).await? {
             let keep: HashSet<String> = live.iter().map(|p| self.veth_name(p)).collect();
-            for port in link::ports_of(host, bridge_index).await? {
+            let ports = {
+                let _dump = self.dumps.lock().await;
+                link::ports_of(host, bridge_index).await?
+            };
+            for port in ports {
                 if port.starts_with(VETH_PREFIX) && !keep.contains(&port) {
                     info!(veth = %port, "removing the veth of a pod that no longer exists");
                     link::delete(host, &port).await?;
