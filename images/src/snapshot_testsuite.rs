@@ -511,7 +511,14 @@ pub async fn bookkeeping(new: &Factory) {
     assert!(u.bytes > 0 && u.inodes >= 10, "{u:?}");
     let info = fx.snap.fs_info().await.unwrap();
     assert!(info.mountpoint.starts_with(fx.root()));
-    assert!(info.used.bytes >= u.bytes && info.used.inodes >= u.inodes, "{info:?}");
+    assert!(
+        info.layers.bytes >= u.bytes && info.layers.inodes >= u.inodes,
+        "{info:?}"
+    );
+    assert!(
+        info.snapshots.inodes >= 1,
+        "the active snapshot counts as a container snapshot: {info:?}"
+    );
     // A layer under a snapshot cannot go; the snapshot first, then top-down.
     let busy = fx.snap.remove(chain[1].as_str()).await.unwrap_err();
     assert!(matches!(busy, PluginError::FailedPrecondition(_)), "{busy}");

@@ -71,11 +71,33 @@ impl Default for UnpackLimits {
     }
 }
 
-/// Where the snapshot store lives, for ImageFsInfo.
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, other: Usage) -> Usage {
+        Usage {
+            bytes: self.bytes + other.bytes,
+            inodes: self.inodes + other.inodes,
+        }
+    }
+}
+
+/// Where the snapshot store lives and what it holds, for ImageFsInfo (layers: the image filesystem;
+/// snapshots: the containers' writable layers, the container filesystem).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsInfo {
+    /// The snapshotter's root directory (as containerd reports its snapshotter root).
     pub mountpoint: PathBuf,
-    pub used: Usage,
+    /// Committed layers.
+    pub layers: Usage,
+    /// Active snapshots and views.
+    pub snapshots: Usage,
+}
+
+impl FsInfo {
+    /// The whole store.
+    pub fn used(&self) -> Usage {
+        self.layers + self.snapshots
+    }
 }
 
 #[async_trait]
@@ -123,6 +145,6 @@ pub trait Snapshotter: Send + Sync + 'static {
     /// Every snapshot and layer the snapshotter holds.
     async fn walk(&self) -> PluginResult<Vec<SnapshotInfo>>;
 
-    /// The store's location and total use.
+    /// The store's location and its use by layers and by snapshots.
     async fn fs_info(&self) -> PluginResult<FsInfo>;
 }

@@ -22,7 +22,8 @@ use berth_core::plugin::snapshot::{FsInfo, Mount, SnapshotInfo, SnapshotKind, Sn
 use berth_core::plugin::{PluginError, PluginKind, PluginResult, Readiness};
 use berth_core::registry::RegistryError;
 
-use crate::store::{Committed, Record, SnapshotStore, disk_usage};
+pub use crate::store::blocking;
+use crate::store::{Committed, Record, SnapshotStore};
 use crate::unpack::{Whiteouts, unpack};
 
 pub const NAME: &str = "overlayfs";
@@ -33,13 +34,6 @@ pub fn register(registry: &mut Registry) -> Result<(), RegistryError> {
         let root = ctx.plugin_root(PluginKind::Snapshotter, NAME);
         Ok(Arc::new(OverlaySnapshotter::open(&root)?) as Arc<dyn Snapshotter>)
     })
-}
-
-/// Runs blocking file-system work off the async threads.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> PluginResult<T> + Send + 'static) -> PluginResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| PluginError::Internal(format!("snapshotter task failed: {e}")))?
 }
 
 pub struct OverlaySnapshotter {
@@ -136,10 +130,7 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     async fn has_layer(&self, chain: &ChainId) -> PluginResult<bool> {
-        Ok(self
-            .store
-            .get(chain.as_str())
-            .is_some_and(|r| r.kind == SnapshotKind::Committed))
+        Ok(self.store.has_layer(chain))
     }
 
     async fn apply_layer(
@@ -186,15 +177,11 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     async fn remove(&self, key: &str) -> PluginResult<()> {
-        let store = self.store.clone();
-        let key = key.to_string();
-        blocking(move || store.remove(&key)).await
+        self.store.remove_blocking(key).await
     }
 
     async fn usage(&self, key: &str) -> PluginResult<Usage> {
-        let store = self.store.clone();
-        let key = key.to_string();
-        blocking(move || store.usage(&key)).await
+        self.store.usage_blocking(key).await
     }
 
     async fn walk(&self) -> PluginResult<Vec<SnapshotInfo>> {
@@ -202,11 +189,6 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     async fn fs_info(&self) -> PluginResult<FsInfo> {
-        let dir = self.store.dir().to_path_buf();
-        blocking(move || {
-            let used = disk_usage(&dir).map_err(|e| PluginError::io(format!("measure {}", dir.display()), e))?;
-            Ok(FsInfo { mountpoint: dir, used })
-        })
-        .await
+        self.store.fs_info().await
     }
 }
