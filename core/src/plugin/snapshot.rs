@@ -110,6 +110,15 @@ pub trait Snapshotter: Send + Sync + 'static {
     /// True when the committed layer `chain` exists.
     async fn has_layer(&self, chain: &ChainId) -> PluginResult<bool>;
 
+    /// True when a layer's unpacked content does not depend on its parent (overlayfs: each layer is its
+    /// own directory), so the layers of one image may be unpacked at once: `apply_layer` then accepts a
+    /// `parent` that is not committed yet, unpacks at once, and waits for the parent only to commit (the
+    /// caller must be applying that parent meanwhile). False (the default) when each layer is built on a
+    /// copy of its parent (native): layers must be applied in order.
+    fn unpacks_independently(&self) -> bool {
+        false
+    }
+
     /// Unpacks an uncompressed tar stream as the committed layer `chain` on top of `parent`.
     /// Runs the (blocking) read on a blocking thread. Idempotent: an existing layer is kept as it is (and
     /// the stream is not read). No entry may create or change anything outside the layer's own directory;
@@ -117,7 +126,8 @@ pub trait Snapshotter: Send + Sync + 'static {
     ///
     /// The stream is read **to its end** before the layer is committed, and any read error (including one
     /// reported only at EOF) fails the call with nothing committed: the image store's reader verifies the
-    /// layer's diff id when the stream ends. `parent` must exist (`NotFound` otherwise).
+    /// layer's diff id when the stream ends. `parent` must exist (`NotFound` otherwise), unless
+    /// [`Snapshotter::unpacks_independently`].
     async fn apply_layer(
         &self,
         chain: &ChainId,

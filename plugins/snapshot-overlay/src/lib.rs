@@ -133,6 +133,10 @@ impl Snapshotter for OverlaySnapshotter {
         Ok(self.store.has_layer(chain))
     }
 
+    fn unpacks_independently(&self) -> bool {
+        true
+    }
+
     async fn apply_layer(
         &self,
         chain: &ChainId,
@@ -141,22 +145,31 @@ impl Snapshotter for OverlaySnapshotter {
         limits: UnpackLimits,
     ) -> PluginResult<Usage> {
         let store = self.store.clone();
-        let chain = chain.clone();
-        let parent = parent.cloned();
-        blocking(move || {
-            if store.get(chain.as_str()).is_some() {
-                return store.usage(chain.as_str());
-            }
-            if let Some(p) = &parent {
-                store.chain(p)?;
+        let key = chain.clone();
+        let unpacked = blocking(move || {
+            if store.get(key.as_str()).is_some() {
+                return Ok(None);
             }
             let pending = store.begin()?;
             let usage = unpack(tar, &pending.fs(), Whiteouts::Overlay, limits)?;
-            match store.commit(pending, chain.as_str(), SnapshotKind::Committed, parent.as_ref())? {
+            Ok(Some((pending, usage)))
+        })
+        .await?;
+        let Some((pending, usage)) = unpacked else {
+            return self.store.usage_blocking(chain.as_str()).await;
+        };
+        // A layer's directory holds only its own content: it waits for its parent only to commit, so the
+        // layers of one image unpack at once.
+        if let Some(p) = parent {
+            self.store.wait_for_layer(p).await;
+        }
+        let (store, chain, parent) = (self.store.clone(), chain.clone(), parent.cloned());
+        blocking(
+            move || match store.commit(pending, chain.as_str(), SnapshotKind::Committed, parent.as_ref())? {
                 Committed::New(_) => Ok(usage),
                 Committed::Existing(_) => store.usage(chain.as_str()),
-            }
-        })
+            },
+        )
         .await
     }
 

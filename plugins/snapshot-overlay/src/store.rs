@@ -77,6 +77,8 @@ struct Index {
 pub struct SnapshotStore {
     dir: PathBuf,
     index: Mutex<Index>,
+    /// Bumped at every commit, for [`SnapshotStore::wait_for_layer`].
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 /// Runs blocking file-system work off the async threads.
@@ -129,6 +131,7 @@ impl SnapshotStore {
         Ok(SnapshotStore {
             dir,
             index: Mutex::new(Index { next, records }),
+            commits: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -159,6 +162,16 @@ impl SnapshotStore {
     pub fn has_layer(&self, chain: &ChainId) -> bool {
         self.get(chain.as_str())
             .is_some_and(|r| r.kind == SnapshotKind::Committed)
+    }
+
+    /// Waits until the committed layer `chain` exists (another task is committing it).
+    pub async fn wait_for_layer(&self, chain: &ChainId) {
+        // Subscribed before the check: a commit between the check and the wait still wakes us.
+        let mut commits = self.commits.subscribe();
+        while !self.has_layer(chain) {
+            // The sender lives as long as `self`: `changed` cannot fail here.
+            let _ = commits.changed().await;
+        }
     }
 
     /// Starts a new snapshot directory `<n>.tmp` with an empty `fs` (mode 0755).
@@ -218,6 +231,8 @@ impl SnapshotStore {
         pending.committed = true;
         sync_dir(&self.dir);
         idx.records.insert(key.to_string(), record.clone());
+        drop(idx);
+        self.commits.send_modify(|n| *n += 1);
         Ok(Committed::New(record))
     }
 
