@@ -39,6 +39,18 @@ pub(crate) struct Download {
 /// Layer downloads of one pull: aborted if the pull ends early.
 struct Downloads(Vec<Option<Download>>);
 
+impl Downloads {
+    /// Aborts the downloads still running and waits until each has ended (its unfinished ingest file
+    /// removed), so that a failed pull returns with nothing of it left half-written in the content store.
+    async fn cancel(&mut self) {
+        for d in self.0.iter_mut().flatten() {
+            d.handle.abort();
+            let _ = (&mut d.handle).await;
+        }
+        self.0.clear();
+    }
+}
+
 impl Drop for Downloads {
     fn drop(&mut self) {
         for d in self.0.iter().flatten() {
@@ -142,7 +154,10 @@ pub(crate) async fn pull(ctx: &Ctx, r: &ImageRef, auth: RegistryAuth) -> Result<
         });
         downloads.0.push(Some(Download { handle, watch }));
     }
-    unpack_layers(ctx, &layers, &diff_ids, &mut downloads.0, &full).await?;
+    if let Err(e) = unpack_layers(ctx, &layers, &diff_ids, &mut downloads.0, &full).await {
+        downloads.cancel().await;
+        return Err(e);
+    }
 
     let size = manifest_size + config.size + layers.iter().map(|l| l.size).sum::<u64>();
     Ok(Image {

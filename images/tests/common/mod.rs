@@ -439,7 +439,11 @@ impl Env {
     }
 
     pub fn with_limits(snapshotter: &str, limits: UnpackLimits) -> Env {
-        let dir = tempfile::tempdir().unwrap();
+        Env::in_dir(tempfile::tempdir().unwrap(), snapshotter, limits)
+    }
+
+    /// An image store with its root (content, snapshots, metadata) under `dir`.
+    pub fn in_dir(dir: tempfile::TempDir, snapshotter: &str, limits: UnpackLimits) -> Env {
         let root = dir.path().join("root");
         let snap_root = root.join("snapshotter").join(snapshotter);
         let snap: Arc<dyn Snapshotter> = match snapshotter {
