@@ -243,3 +243,41 @@ impl Remote {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_auth_config_maps_to_registry_auth() {
+        let token = PullAuth {
+            registry_token: "t".into(),
+            username: "u".into(),
+            password: "p".into(),
+            ..Default::default()
+        };
+        assert!(matches!(token.registry_auth(), RegistryAuth::Bearer(t) if t == "t"));
+        let basic = PullAuth {
+            username: "u".into(),
+            password: "p".into(),
+            auth: "eDp5".into(), // x:y, ignored: username and password come first
+            ..Default::default()
+        };
+        assert!(matches!(basic.registry_auth(), RegistryAuth::Basic(u, p) if u == "u" && p == "p"));
+        let encoded = PullAuth {
+            auth: "eDp5".into(),
+            ..Default::default()
+        };
+        assert!(matches!(encoded.registry_auth(), RegistryAuth::Basic(u, p) if u == "x" && p == "y"));
+        // An identity (OAuth refresh) token needs a token exchange oci-client does not do: anonymous.
+        let identity = PullAuth {
+            identity_token: "refresh".into(),
+            ..Default::default()
+        };
+        assert!(matches!(identity.registry_auth(), RegistryAuth::Anonymous));
+        assert!(matches!(PullAuth::default().registry_auth(), RegistryAuth::Anonymous));
+        // Debug never prints a secret.
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("\"p\"") && !shown.contains("\"t\""), "{shown}");
+    }
+}

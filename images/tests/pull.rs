@@ -467,8 +467,28 @@ async fn auth_basic_and_bearer_token() {
             .await
             .unwrap_or_else(|e| panic!("{auth:?}: {e}"));
         assert_eq!(image.chain_ids.len(), 1);
-        if let Auth::Bearer { .. } = auth {
+        if let Auth::Bearer { token, .. } = &auth {
             assert!(reg.requests().iter().any(|r| r.starts_with("GET /token?")));
+            // CRI's registry_token is that bearer token itself: sent as it is, no token service asked.
+            env.images.remove(&name).await.unwrap();
+            reg.clear_requests();
+            let bearer = PullAuth {
+                registry_token: token.clone(),
+                ..Default::default()
+            };
+            env.images.pull(&name, &bearer).await.unwrap();
+            assert!(
+                !reg.requests().iter().any(|r| r.contains("/token")),
+                "{:?}",
+                reg.requests()
+            );
+            let stale = PullAuth {
+                registry_token: "stale".into(),
+                ..Default::default()
+            };
+            env.images.remove(&name).await.unwrap();
+            let err = env.images.pull(&name, &stale).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
         }
     }
 }
