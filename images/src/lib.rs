@@ -22,6 +22,7 @@ pub mod reference;
 pub mod remote;
 #[cfg(feature = "testsuite")]
 pub mod snapshot_testsuite;
+mod token;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -134,7 +135,7 @@ impl ImageStore {
         let r = ImageRef::parse(reference)?;
         let _shared = self.inner.gc_lock.read().await;
         let started = std::time::Instant::now();
-        let image = pull::pull(&self.inner.ctx, &r, auth.registry_auth()).await?;
+        let image = pull::pull(&self.inner.ctx, &r, auth).await?;
         let image = self.save(image)?;
         tracing::info!(reference = %r.full(), id = %image.id, elapsed_ms = started.elapsed().as_millis() as u64, "image pulled");
         Ok(image)

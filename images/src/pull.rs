@@ -9,7 +9,6 @@ use std::sync::Arc;
 use berth_core::model::{ChainId, Image};
 use berth_core::plugin::snapshot::{Snapshotter, UnpackLimits};
 use futures::{StreamExt, TryStreamExt};
-use oci_client::secrets::RegistryAuth;
 use tokio::task::JoinHandle;
 
 use crate::content::{ContentStore, IngestWatch};
@@ -18,7 +17,7 @@ use crate::hosts::hosts_for;
 use crate::layer::tar_stream;
 use crate::manifest::{Descriptor, Document, ImageConfigFile, Parsed, select_platform};
 use crate::reference::ImageRef;
-use crate::remote::Remote;
+use crate::remote::{PullAuth, Remote};
 
 /// What a pull or an import needs.
 #[derive(Clone)]
@@ -80,9 +79,9 @@ fn check_layer_type(d: &Descriptor, reference: &str) -> Result<()> {
     }
 }
 
-pub(crate) async fn pull(ctx: &Ctx, r: &ImageRef, auth: RegistryAuth) -> Result<Image> {
+pub(crate) async fn pull(ctx: &Ctx, r: &ImageRef, auth: &PullAuth) -> Result<Image> {
     let full = r.full();
-    let remote = Arc::new(Remote::new(r, hosts_for(&ctx.hosts_dir, &r.registry)?, auth)?);
+    let remote = Arc::new(Remote::new(r, hosts_for(&ctx.hosts_dir, &r.registry)?, auth).await?);
     let (top, top_digest) = remote.resolve().await?;
     ctx.content.put(&top, Some(&top_digest)).await?;
     let mut blobs = vec![top_digest.clone()];

@@ -439,16 +439,8 @@ async fn auth_basic_and_bearer_token() {
     ] {
         let reg = Registry::start().await;
         let env = Env::new("overlayfs");
-        push_image(
-            &reg,
-            "t/private",
-            Some("1"),
-            &[(base_layer(), Compress::Gzip)],
-            json!({}),
-            false,
-        );
+        let name = push_private(&reg);
         reg.set_auth(auth.clone());
-        let name = format!("{}/t/private:1", reg.addr);
         let err = env.images.pull(&name, &PullAuth::default()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{auth:?}: {err}");
         let bad = PullAuth {
@@ -491,6 +483,44 @@ async fn auth_basic_and_bearer_token() {
             assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
         }
     }
+}
+
+/// A one-layer image `t/private:1` (to be put behind auth); returns its name.
+fn push_private(reg: &Registry) -> String {
+    push_image(
+        reg,
+        "t/private",
+        Some("1"),
+        &[(base_layer(), Compress::Gzip)],
+        json!({}),
+        false,
+    );
+    format!("{}/t/private:1", reg.addr)
+}
+
+#[tokio::test]
+async fn identity_token_is_traded_for_an_access_token() {
+    let reg = Registry::start().await;
+    let env = Env::new("overlayfs");
+    let name = push_private(&reg);
+    reg.set_auth(Auth::Identity {
+        refresh: "refresh-abc".into(),
+        token: "access-xyz".into(),
+    });
+    let identity = |t: &str| PullAuth {
+        identity_token: t.into(),
+        ..Default::default()
+    };
+    let err = env.images.pull(&name, &identity("wrong")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
+    reg.clear_requests();
+    let image = env.images.pull(&name, &identity("refresh-abc")).await.unwrap();
+    assert_eq!(image.chain_ids.len(), 1);
+    assert!(
+        reg.requests().iter().any(|r| r == "POST /token"),
+        "{:?}",
+        reg.requests()
+    );
 }
 
 #[tokio::test]
