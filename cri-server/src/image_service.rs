@@ -93,16 +93,20 @@ pub async fn remove(images: &ImageStore, req: RemoveImageRequest) -> CriResult<R
 
 pub async fn fs_info(images: &ImageStore, _req: ImageFsInfoRequest) -> CriResult<ImageFsInfoResponse> {
     let fs = images.fs_info().await?;
-    let usage = FilesystemUsage {
-        timestamp: berth_core::model::now_nanos(),
+    let timestamp = berth_core::model::now_nanos();
+    let usage = |u: berth_core::plugin::snapshot::Usage| FilesystemUsage {
+        timestamp,
         fs_id: Some(FilesystemIdentifier {
             mountpoint: fs.mountpoint.display().to_string(),
         }),
-        used_bytes: Some(UInt64Value { value: fs.used.bytes }),
-        inodes_used: Some(UInt64Value { value: fs.used.inodes }),
+        used_bytes: Some(UInt64Value { value: u.bytes }),
+        inodes_used: Some(UInt64Value { value: u.inodes }),
     };
+    // Images (blobs and layers) and containers' writable layers live in one snapshot store: both entries
+    // name its root, as kubelet expects of a runtime whose image and container filesystems are one
+    // (it then treats them as one disk); each counts only its own use.
     Ok(ImageFsInfoResponse {
-        image_filesystems: vec![usage.clone()],
-        container_filesystems: vec![usage],
+        image_filesystems: vec![usage(fs.images)],
+        container_filesystems: vec![usage(fs.containers)],
     })
 }

@@ -5,8 +5,11 @@
 //! only an ingest file that the next start (or GC) removes. Nothing of a blob whose size or digest is
 //! wrong is kept.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
+
+use berth_core::plugin::snapshot::Usage;
 
 use sha2::Digest as _;
 use tokio::io::AsyncWriteExt;
@@ -188,6 +191,24 @@ impl ContentStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(ImageError::Content { path, source }),
         }
+    }
+
+    /// Disk use of the stored blobs (allocated blocks) and their count.
+    pub fn usage(&self) -> Result<Usage> {
+        let mut usage = Usage::default();
+        for digest in self.list()? {
+            let path = self.path(&digest)?;
+            match std::fs::symlink_metadata(&path) {
+                Ok(md) => {
+                    usage.bytes += md.blocks() * 512;
+                    usage.inodes += 1;
+                }
+                // Collected since it was listed.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(ImageError::Content { path, source }),
+            }
+        }
+        Ok(usage)
     }
 
     /// Every blob's digest.

@@ -39,6 +39,13 @@ impl fmt::Display for Attempts {
                 f.write_str("; ")?;
             }
             write!(f, "{}: {}", a.host, a.error)?;
+            // The transport's causes (e.g. rustls' "invalid peer certificate: UnknownIssuer") are in the
+            // source chain, not in the top error's text.
+            let mut cause = std::error::Error::source(&a.error);
+            while let Some(c) = cause {
+                write!(f, ": {c}")?;
+                cause = c.source();
+            }
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ pub mod reference;
 pub mod remote;
 #[cfg(feature = "testsuite")]
 pub mod snapshot_testsuite;
+mod token;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ use std::sync::Arc;
 
 use berth_core::model::{ChainId, Image};
 use berth_core::plugin::PluginError;
-use berth_core::plugin::snapshot::{FsInfo, Snapshotter, UnpackLimits};
+use berth_core::plugin::snapshot::{Snapshotter, UnpackLimits, Usage};
 use berth_core::{Config, Store, Table};
 
 pub use crate::error::{ErrorKind, ImageError, Result};
@@ -63,6 +64,17 @@ impl ImageStoreConfig {
             max_concurrent_downloads: c.images.max_concurrent_downloads,
         }
     }
+}
+
+/// ImageFsInfo's figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageFsUsage {
+    /// The snapshotter's root directory (containerd reports its snapshotter root the same way).
+    pub mountpoint: PathBuf,
+    /// Blobs in the content store and committed layers: the image filesystem.
+    pub images: Usage,
+    /// Containers' writable snapshots (and views): the container filesystem.
+    pub containers: Usage,
 }
 
 /// What a GC run removed.
@@ -123,7 +135,7 @@ impl ImageStore {
         let r = ImageRef::parse(reference)?;
         let _shared = self.inner.gc_lock.read().await;
         let started = std::time::Instant::now();
-        let image = pull::pull(&self.inner.ctx, &r, auth.registry_auth()).await?;
+        let image = pull::pull(&self.inner.ctx, &r, auth).await?;
         let image = self.save(image)?;
         tracing::info!(reference = %r.full(), id = %image.id, elapsed_ms = started.elapsed().as_millis() as u64, "image pulled");
         Ok(image)
@@ -335,14 +347,23 @@ impl ImageStore {
         Ok(report)
     }
 
-    /// ImageFsInfo: the snapshot store's location and use.
-    pub async fn fs_info(&self) -> Result<FsInfo> {
-        self.inner
+    /// ImageFsInfo: the snapshot store's location; what images use (blobs and committed layers) and what
+    /// containers use (their writable snapshots).
+    pub async fn fs_info(&self) -> Result<ImageFsUsage> {
+        let snapshots = self
+            .inner
             .ctx
             .snapshotter
             .fs_info()
             .await
-            .map_err(ImageError::Snapshotter)
+            .map_err(ImageError::Snapshotter)?;
+        // One readdir and a stat per blob: cheap enough for the async thread.
+        let blobs = self.inner.ctx.content.usage()?;
+        Ok(ImageFsUsage {
+            mountpoint: snapshots.mountpoint,
+            images: snapshots.layers + blobs,
+            containers: snapshots.snapshots,
+        })
     }
 
     /// Re-unpacks from the content store any layer of `image` the snapshotter lacks (e.g. after the

@@ -1,6 +1,6 @@
 //! A pull: resolve the reference on its hosts, pick the linux/amd64 manifest, fetch the config, download
-//! the layers concurrently into the content store and unpack each, in order, as soon as it is in (while
-//! later ones still download). A layer whose chain the snapshotter already holds is neither downloaded
+//! the layers concurrently into the content store and unpack each as its bytes come in (several at once
+//! when the snapshotter's layers are independent of their parents, else in order). A layer whose chain the snapshotter already holds is neither downloaded
 //! nor unpacked again.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use berth_core::model::{ChainId, Image};
 use berth_core::plugin::snapshot::{Snapshotter, UnpackLimits};
-use oci_client::secrets::RegistryAuth;
+use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinHandle;
 
 use crate::content::{ContentStore, IngestWatch};
@@ -17,7 +17,7 @@ use crate::hosts::hosts_for;
 use crate::layer::tar_stream;
 use crate::manifest::{Descriptor, Document, ImageConfigFile, Parsed, select_platform};
 use crate::reference::ImageRef;
-use crate::remote::Remote;
+use crate::remote::{PullAuth, Remote};
 
 /// What a pull or an import needs.
 #[derive(Clone)]
@@ -37,6 +37,18 @@ pub(crate) struct Download {
 
 /// Layer downloads of one pull: aborted if the pull ends early.
 struct Downloads(Vec<Option<Download>>);
+
+impl Downloads {
+    /// Aborts the downloads still running and waits until each has ended (its unfinished ingest file
+    /// removed), so that a failed pull returns with nothing of it left half-written in the content store.
+    async fn cancel(&mut self) {
+        for d in self.0.iter_mut().flatten() {
+            d.handle.abort();
+            let _ = (&mut d.handle).await;
+        }
+        self.0.clear();
+    }
+}
 
 impl Drop for Downloads {
     fn drop(&mut self) {
@@ -67,9 +79,9 @@ fn check_layer_type(d: &Descriptor, reference: &str) -> Result<()> {
     }
 }
 
-pub(crate) async fn pull(ctx: &Ctx, r: &ImageRef, auth: RegistryAuth) -> Result<Image> {
+pub(crate) async fn pull(ctx: &Ctx, r: &ImageRef, auth: &PullAuth) -> Result<Image> {
     let full = r.full();
-    let remote = Arc::new(Remote::new(r, hosts_for(&ctx.hosts_dir, &r.registry)?, auth)?);
+    let remote = Arc::new(Remote::new(r, hosts_for(&ctx.hosts_dir, &r.registry)?, auth).await?);
     let (top, top_digest) = remote.resolve().await?;
     ctx.content.put(&top, Some(&top_digest)).await?;
     let mut blobs = vec![top_digest.clone()];
@@ -141,7 +153,10 @@ pub(crate) async fn pull(ctx: &Ctx, r: &ImageRef, auth: RegistryAuth) -> Result<
         });
         downloads.0.push(Some(Download { handle, watch }));
     }
-    unpack_layers(ctx, &layers, &diff_ids, &mut downloads.0, &full).await?;
+    if let Err(e) = unpack_layers(ctx, &layers, &diff_ids, &mut downloads.0, &full).await {
+        downloads.cancel().await;
+        return Err(e);
+    }
 
     let size = manifest_size + config.size + layers.iter().map(|l| l.size).sum::<u64>();
     Ok(Image {
@@ -157,8 +172,10 @@ pub(crate) async fn pull(ctx: &Ctx, r: &ImageRef, auth: RegistryAuth) -> Result<
     })
 }
 
-/// Unpacks the layers bottom first: a layer still downloading is unpacked as its bytes come in (the
-/// reader reaches EOF only once the blob is verified), the others from the content store.
+/// Unpacks the layers: a layer still downloading is unpacked as its bytes come in (the reader reaches EOF
+/// only once the blob is verified), the others from the content store. Bottom first, one at a time, when
+/// each layer is built on its parent (native); up to `max_concurrent` at once when the snapshotter's
+/// layers are independent (overlayfs), each committed after its parent.
 pub(crate) async fn unpack_layers(
     ctx: &Ctx,
     layers: &[Descriptor],
@@ -167,62 +184,88 @@ pub(crate) async fn unpack_layers(
     reference: &str,
 ) -> Result<Vec<ChainId>> {
     let chain = ChainId::from_diff_ids(diff_ids);
-    for (i, layer) in layers.iter().enumerate() {
-        let slot = downloads.get_mut(i);
-        let parent = if i == 0 { None } else { Some(&chain[i - 1]) };
-        let started = std::time::Instant::now();
-        let present = ctx
-            .snapshotter
-            .has_layer(&chain[i])
-            .await
-            .map_err(ImageError::Snapshotter)?;
-        let (applied, mismatch) = match slot {
-            Some(slot @ Some(_)) => {
-                let download = slot.as_mut().expect("a download");
-                if present {
-                    // Unpacked meanwhile by another pull: only the blob is still wanted.
-                    let done = (&mut download.handle).await;
-                    *slot = None;
-                    done.map_err(|_| cancelled(reference))??;
-                    continue;
-                }
-                let (tar, mismatch) = tar_stream(download.watch.follow(), &layer.media_type, &diff_ids[i]);
-                let apply = ctx.snapshotter.apply_layer(&chain[i], parent, tar, ctx.limits);
-                // The handle is awaited in place: if this pull is dropped, its owner aborts the download.
-                let (applied, downloaded) = tokio::join!(apply, &mut download.handle);
-                *slot = None;
-                // A failed download explains a failed unpack better than the unpack does.
-                downloaded.map_err(|_| cancelled(reference))??;
-                (applied, mismatch)
-            }
-            _ => {
-                if present {
-                    continue;
-                }
-                let file = ctx.content.open_blob(&layer.digest)?;
-                let (tar, mismatch) = tar_stream(file, &layer.media_type, &diff_ids[i]);
-                (
-                    ctx.snapshotter.apply_layer(&chain[i], parent, tar, ctx.limits).await,
-                    mismatch,
-                )
-            }
-        };
-        let usage = applied.map_err(|source| match mismatch.happened() {
-            true => ImageError::BadDocument {
-                what: "layer",
-                digest: layer.digest.clone(),
-                message: source.to_string(),
-            },
-            false => ImageError::Unpack {
-                digest: layer.digest.clone(),
-                chain: chain[i].to_string(),
-                source,
-            },
-        })?;
-        tracing::debug!(layer = %layer.digest, chain = %chain[i], bytes = usage.bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64, "layer unpacked");
-    }
+    let width = match ctx.snapshotter.unpacks_independently() {
+        true => ctx.max_concurrent.max(1),
+        false => 1,
+    };
+    let mut slots = downloads.iter_mut();
+    let jobs: Vec<_> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| {
+            let parent = if i == 0 { None } else { Some(&chain[i - 1]) };
+            unpack_one(ctx, layer, &diff_ids[i], &chain[i], parent, slots.next(), reference)
+        })
+        .collect();
+    // In order: the oldest layer in flight always has its parent committed, so the window never stalls.
+    futures::stream::iter(jobs)
+        .buffered(width)
+        .try_collect::<Vec<()>>()
+        .await?;
     Ok(chain)
+}
+
+/// One layer of [`unpack_layers`]: from its download in flight (`slot`), else from the content store.
+async fn unpack_one(
+    ctx: &Ctx,
+    layer: &Descriptor,
+    diff_id: &str,
+    chain: &ChainId,
+    parent: Option<&ChainId>,
+    slot: Option<&mut Option<Download>>,
+    reference: &str,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let present = ctx
+        .snapshotter
+        .has_layer(chain)
+        .await
+        .map_err(ImageError::Snapshotter)?;
+    let (applied, mismatch) = match slot {
+        Some(slot @ Some(_)) => {
+            let download = slot.as_mut().expect("a download");
+            if present {
+                // Unpacked meanwhile by another pull: only the blob is still wanted.
+                let done = (&mut download.handle).await;
+                *slot = None;
+                return done.map_err(|_| cancelled(reference))?;
+            }
+            let (tar, mismatch) = tar_stream(download.watch.follow(), &layer.media_type, diff_id);
+            let apply = ctx.snapshotter.apply_layer(chain, parent, tar, ctx.limits);
+            // The handle is awaited in place: if this pull is dropped, its owner aborts the download.
+            let (applied, downloaded) = tokio::join!(apply, &mut download.handle);
+            *slot = None;
+            // A failed download explains a failed unpack better than the unpack does.
+            downloaded.map_err(|_| cancelled(reference))??;
+            (applied, mismatch)
+        }
+        _ => {
+            if present {
+                return Ok(());
+            }
+            let file = ctx.content.open_blob(&layer.digest)?;
+            let (tar, mismatch) = tar_stream(file, &layer.media_type, diff_id);
+            (
+                ctx.snapshotter.apply_layer(chain, parent, tar, ctx.limits).await,
+                mismatch,
+            )
+        }
+    };
+    let usage = applied.map_err(|source| match mismatch.happened() {
+        true => ImageError::BadDocument {
+            what: "layer",
+            digest: layer.digest.clone(),
+            message: source.to_string(),
+        },
+        false => ImageError::Unpack {
+            digest: layer.digest.clone(),
+            chain: chain.to_string(),
+            source,
+        },
+    })?;
+    tracing::debug!(layer = %layer.digest, %chain, bytes = usage.bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64, "layer unpacked");
+    Ok(())
 }
 
 fn cancelled(reference: &str) -> ImageError {

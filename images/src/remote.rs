@@ -24,7 +24,7 @@ pub struct PullAuth {
     pub auth: String,
     /// A bearer token for the registry itself.
     pub registry_token: String,
-    /// An OAuth refresh token (not supported yet: ignored with a warning).
+    /// An OAuth2 refresh token, traded for an access token at the registry's token service.
     pub identity_token: String,
 }
 
@@ -53,9 +53,7 @@ impl PullAuth {
         {
             return RegistryAuth::Basic(u.to_string(), p.to_string());
         }
-        if !self.identity_token.is_empty() {
-            tracing::warn!("identity tokens are not supported; pulling anonymously");
-        }
+        // An identity token (alone) is traded per host by `Remote::new`.
         RegistryAuth::Anonymous
     }
 }
@@ -64,8 +62,8 @@ impl PullAuth {
 #[derive(Clone)]
 pub(crate) struct Remote {
     reference: ImageRef,
-    hosts: Vec<(RegistryHost, Client)>,
-    auth: RegistryAuth,
+    /// Each host with its client and the credentials it gets.
+    hosts: Vec<(RegistryHost, Client, RegistryAuth)>,
 }
 
 fn client_for(host: &RegistryHost) -> Result<Client> {
@@ -100,15 +98,25 @@ fn sha256(data: &[u8]) -> String {
 }
 
 impl Remote {
-    pub fn new(reference: &ImageRef, hosts: Vec<RegistryHost>, auth: RegistryAuth) -> Result<Remote> {
-        let hosts = hosts
-            .into_iter()
-            .map(|h| client_for(&h).map(|c| (h, c)))
-            .collect::<Result<Vec<_>>>()?;
+    /// The clients for `hosts`. An identity token given alone is traded for an access token at each
+    /// host's token service; a host that cannot trade it is asked anonymously (and its refusal reported).
+    pub async fn new(reference: &ImageRef, hosts: Vec<RegistryHost>, auth: &PullAuth) -> Result<Remote> {
+        let given = auth.registry_auth();
+        let mut out = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            let client = client_for(&h)?;
+            let mut host_auth = given.clone();
+            if matches!(given, RegistryAuth::Anonymous) && !auth.identity_token.is_empty() {
+                match crate::token::exchange(&h, &reference.repository, &auth.identity_token).await {
+                    Ok(token) => host_auth = RegistryAuth::Bearer(token),
+                    Err(error) => tracing::warn!(host = %h.host, %error, "cannot use the identity token"),
+                }
+            }
+            out.push((h, client, host_auth));
+        }
         Ok(Remote {
             reference: reference.clone(),
-            hosts,
-            auth,
+            hosts: out,
         })
     }
 
@@ -116,13 +124,13 @@ impl Remote {
     pub async fn resolve(&self) -> Result<(Vec<u8>, String)> {
         let by_digest = self.reference.digest.clone();
         let mut attempts = Vec::new();
-        for (host, client) in &self.hosts {
+        for (host, client, auth) in &self.hosts {
             let usable = if by_digest.is_some() { host.pull } else { host.resolve };
             if !usable {
                 continue;
             }
             let r = self.reference.for_host(&host.host, None);
-            match client.pull_manifest_raw(&r, &self.auth, ACCEPTED).await {
+            match client.pull_manifest_raw(&r, auth, ACCEPTED).await {
                 Ok((bytes, _)) => {
                     let digest = sha256(&bytes);
                     if let Some(want) = &by_digest
@@ -151,9 +159,9 @@ impl Remote {
     /// A manifest by digest, checked.
     pub async fn manifest(&self, digest: &str) -> Result<Vec<u8>> {
         let mut attempts = Vec::new();
-        for (host, client) in self.hosts.iter().filter(|(h, _)| h.pull) {
+        for (host, client, auth) in self.hosts.iter().filter(|(h, _, _)| h.pull) {
             let r = self.reference.for_host(&host.host, Some(digest));
-            match client.pull_manifest_raw(&r, &self.auth, ACCEPTED).await {
+            match client.pull_manifest_raw(&r, auth, ACCEPTED).await {
                 Ok((bytes, _)) => {
                     let actual = sha256(&bytes);
                     if actual != digest {
@@ -193,7 +201,7 @@ impl Remote {
             ..Default::default()
         };
         let mut attempts = Vec::new();
-        for (host, client) in self.hosts.iter().filter(|(h, _)| h.pull) {
+        for (host, client, _) in self.hosts.iter().filter(|(h, _, _)| h.pull) {
             let r = self.reference.for_host(&host.host, Some(&desc.digest));
             let mut stream = match client.pull_blob_stream(&r, &oci).await {
                 Ok(s) => s,
@@ -241,5 +249,43 @@ impl Remote {
             digest: desc.digest.clone(),
             attempts: Attempts(attempts),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_auth_config_maps_to_registry_auth() {
+        let token = PullAuth {
+            registry_token: "t".into(),
+            username: "u".into(),
+            password: "p".into(),
+            ..Default::default()
+        };
+        assert!(matches!(token.registry_auth(), RegistryAuth::Bearer(t) if t == "t"));
+        let basic = PullAuth {
+            username: "u".into(),
+            password: "p".into(),
+            auth: "eDp5".into(), // x:y, ignored: username and password come first
+            ..Default::default()
+        };
+        assert!(matches!(basic.registry_auth(), RegistryAuth::Basic(u, p) if u == "u" && p == "p"));
+        let encoded = PullAuth {
+            auth: "eDp5".into(),
+            ..Default::default()
+        };
+        assert!(matches!(encoded.registry_auth(), RegistryAuth::Basic(u, p) if u == "x" && p == "y"));
+        // An identity (OAuth refresh) token is traded per host by `Remote::new`, not mapped here.
+        let identity = PullAuth {
+            identity_token: "refresh".into(),
+            ..Default::default()
+        };
+        assert!(matches!(identity.registry_auth(), RegistryAuth::Anonymous));
+        assert!(matches!(PullAuth::default().registry_auth(), RegistryAuth::Anonymous));
+        // Debug never prints a secret.
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("\"p\"") && !shown.contains("\"t\""), "{shown}");
     }
 }

@@ -511,7 +511,14 @@ pub async fn bookkeeping(new: &Factory) {
     assert!(u.bytes > 0 && u.inodes >= 10, "{u:?}");
     let info = fx.snap.fs_info().await.unwrap();
     assert!(info.mountpoint.starts_with(fx.root()));
-    assert!(info.used.bytes >= u.bytes && info.used.inodes >= u.inodes, "{info:?}");
+    assert!(
+        info.layers.bytes >= u.bytes && info.layers.inodes >= u.inodes,
+        "{info:?}"
+    );
+    assert!(
+        info.snapshots.inodes >= 1,
+        "the active snapshot counts as a container snapshot: {info:?}"
+    );
     // A layer under a snapshot cannot go; the snapshot first, then top-down.
     let busy = fx.snap.remove(chain[1].as_str()).await.unwrap_err();
     assert!(matches!(busy, PluginError::FailedPrecondition(_)), "{busy}");
@@ -691,6 +698,49 @@ pub async fn survives_reopen(new: &Factory) {
     check_rootfs(m.target());
 }
 
+/// A snapshotter whose layers unpack independently takes a layer before its parent: the child waits for
+/// the parent's commit and the chain mounts as usual. Others are not asked to.
+pub async fn layers_out_of_order(new: &Factory) {
+    let fx = Fixture::new(new);
+    if !fx.snap.unpacks_independently() {
+        return;
+    }
+    let layers = [base_layer(), second_layer()];
+    let diffs: Vec<String> = layers.iter().map(|l| diff_id(l)).collect();
+    let chain = ChainId::from_diff_ids(&diffs);
+    let child = {
+        let (snap, chain, tar) = (fx.snap.clone(), chain.clone(), layers[1].clone());
+        tokio::spawn(async move {
+            snap.apply_layer(
+                &chain[1],
+                Some(&chain[0]),
+                Box::new(io::Cursor::new(tar)),
+                UnpackLimits::default(),
+            )
+            .await
+        })
+    };
+    // The child is unpacked but waits: nothing of it is visible before its parent.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!fx.snap.has_layer(&chain[1]).await.unwrap());
+    assert!(!child.is_finished());
+    fx.snap
+        .apply_layer(
+            &chain[0],
+            None,
+            Box::new(io::Cursor::new(layers[0].clone())),
+            UnpackLimits::default(),
+        )
+        .await
+        .unwrap();
+    child.await.unwrap().unwrap();
+    let mounts = fx.snap.prepare("c", Some(&chain[1])).await.unwrap();
+    let m = mount_all(&mounts, &fx.mnt()).unwrap();
+    check_rootfs(m.target());
+    drop(m);
+    fx.snap.remove("c").await.unwrap();
+}
+
 /// Whether a path is an overlay whiteout (a 0:0 character device).
 pub fn is_whiteout(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
@@ -703,7 +753,7 @@ macro_rules! snapshotter_conformance {
     ($factory:expr) => {
         $crate::snapshotter_conformance!(@cases $factory;
             rootfs_matches_layers, views_and_empty_snapshots, many_layers, bookkeeping, refuses_escapes,
-            survives_reopen);
+            survives_reopen, layers_out_of_order);
     };
     (@cases $factory:expr; $($case:ident),*) => {
         $(

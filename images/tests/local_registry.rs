@@ -193,7 +193,7 @@ async fn pull_throughput_of_the_big_image() {
         .await
         .unwrap();
     let secs = started.elapsed().as_secs_f64();
-    let usage = env.images.fs_info().await.unwrap().used;
+    let usage = env.snap.fs_info().await.unwrap().layers;
     eprintln!(
         "pulled {} compressed bytes in {} layers, {} bytes unpacked, in {secs:.2} s ({:.1} MB/s unpacked)",
         image.size,

@@ -135,7 +135,9 @@ async fn oci_index_gzip_zstd_rootfs_matches(snapshotter: &str) {
 
     check_mounted_rootfs(&env, &image, "c1").await;
     let fs = env.images.fs_info().await.unwrap();
-    assert!(fs.used.bytes > 0 && fs.used.inodes > 10, "{fs:?}");
+    assert!(fs.images.bytes > 0 && fs.images.inodes > 10, "{fs:?}");
+    // The container snapshot "c1" (removed by the check) holds nothing now.
+    assert_eq!(fs.containers, berth_core::plugin::snapshot::Usage::default(), "{fs:?}");
 
     // Pulling again downloads no layer and keeps one record.
     reg.clear_requests();
@@ -437,16 +439,8 @@ async fn auth_basic_and_bearer_token() {
     ] {
         let reg = Registry::start().await;
         let env = Env::new("overlayfs");
-        push_image(
-            &reg,
-            "t/private",
-            Some("1"),
-            &[(base_layer(), Compress::Gzip)],
-            json!({}),
-            false,
-        );
+        let name = push_private(&reg);
         reg.set_auth(auth.clone());
-        let name = format!("{}/t/private:1", reg.addr);
         let err = env.images.pull(&name, &PullAuth::default()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{auth:?}: {err}");
         let bad = PullAuth {
@@ -465,10 +459,68 @@ async fn auth_basic_and_bearer_token() {
             .await
             .unwrap_or_else(|e| panic!("{auth:?}: {e}"));
         assert_eq!(image.chain_ids.len(), 1);
-        if let Auth::Bearer { .. } = auth {
+        if let Auth::Bearer { token, .. } = &auth {
             assert!(reg.requests().iter().any(|r| r.starts_with("GET /token?")));
+            // CRI's registry_token is that bearer token itself: sent as it is, no token service asked.
+            env.images.remove(&name).await.unwrap();
+            reg.clear_requests();
+            let bearer = PullAuth {
+                registry_token: token.clone(),
+                ..Default::default()
+            };
+            env.images.pull(&name, &bearer).await.unwrap();
+            assert!(
+                !reg.requests().iter().any(|r| r.contains("/token")),
+                "{:?}",
+                reg.requests()
+            );
+            let stale = PullAuth {
+                registry_token: "stale".into(),
+                ..Default::default()
+            };
+            env.images.remove(&name).await.unwrap();
+            let err = env.images.pull(&name, &stale).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
         }
     }
+}
+
+/// A one-layer image `t/private:1` (to be put behind auth); returns its name.
+fn push_private(reg: &Registry) -> String {
+    push_image(
+        reg,
+        "t/private",
+        Some("1"),
+        &[(base_layer(), Compress::Gzip)],
+        json!({}),
+        false,
+    );
+    format!("{}/t/private:1", reg.addr)
+}
+
+#[tokio::test]
+async fn identity_token_is_traded_for_an_access_token() {
+    let reg = Registry::start().await;
+    let env = Env::new("overlayfs");
+    let name = push_private(&reg);
+    reg.set_auth(Auth::Identity {
+        refresh: "refresh-abc".into(),
+        token: "access-xyz".into(),
+    });
+    let identity = |t: &str| PullAuth {
+        identity_token: t.into(),
+        ..Default::default()
+    };
+    let err = env.images.pull(&name, &identity("wrong")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
+    reg.clear_requests();
+    let image = env.images.pull(&name, &identity("refresh-abc")).await.unwrap();
+    assert_eq!(image.chain_ids.len(), 1);
+    assert!(
+        reg.requests().iter().any(|r| r == "POST /token"),
+        "{:?}",
+        reg.requests()
+    );
 }
 
 #[tokio::test]

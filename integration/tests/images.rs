@@ -28,7 +28,15 @@ fn pull_list_inspect_remove_with_crictl() {
         "{inspect}"
     );
     let fs = ok_stdout(&b.crictl(&["imagefsinfo", "-o", "json"]), "crictl imagefsinfo");
-    assert!(fs.contains("usedBytes"), "{fs}");
+    let fs: serde_json::Value = serde_json::from_str(&fs).unwrap();
+    // Images (blobs and layers) and containers' writable layers, both in the snapshotter's root.
+    let root = b.root().join("snapshotter/overlayfs").display().to_string();
+    for (kind, min_bytes) in [("imageFilesystems", 1u64), ("containerFilesystems", 0)] {
+        let usage = &fs["status"][kind][0];
+        assert_eq!(usage["fsId"]["mountpoint"], root.as_str(), "{kind}: {fs}");
+        let used: u64 = usage["usedBytes"]["value"].as_str().map_or(0, |v| v.parse().unwrap());
+        assert!(used >= min_bytes, "{kind}: {fs}");
+    }
     ok_stdout(&b.crictl(&["rmi", image]), "crictl rmi");
     // Removing what is gone already is fine; an image that never existed is not found by inspecti.
     assert!(

@@ -71,11 +71,33 @@ impl Default for UnpackLimits {
     }
 }
 
-/// Where the snapshot store lives, for ImageFsInfo.
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, other: Usage) -> Usage {
+        Usage {
+            bytes: self.bytes + other.bytes,
+            inodes: self.inodes + other.inodes,
+        }
+    }
+}
+
+/// Where the snapshot store lives and what it holds, for ImageFsInfo (layers: the image filesystem;
+/// snapshots: the containers' writable layers, the container filesystem).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsInfo {
+    /// The snapshotter's root directory (as containerd reports its snapshotter root).
     pub mountpoint: PathBuf,
-    pub used: Usage,
+    /// Committed layers.
+    pub layers: Usage,
+    /// Active snapshots and views.
+    pub snapshots: Usage,
+}
+
+impl FsInfo {
+    /// The whole store.
+    pub fn used(&self) -> Usage {
+        self.layers + self.snapshots
+    }
 }
 
 #[async_trait]
@@ -88,6 +110,15 @@ pub trait Snapshotter: Send + Sync + 'static {
     /// True when the committed layer `chain` exists.
     async fn has_layer(&self, chain: &ChainId) -> PluginResult<bool>;
 
+    /// True when a layer's unpacked content does not depend on its parent (overlayfs: each layer is its
+    /// own directory), so the layers of one image may be unpacked at once: `apply_layer` then accepts a
+    /// `parent` that is not committed yet, unpacks at once, and waits for the parent only to commit (the
+    /// caller must be applying that parent meanwhile). False (the default) when each layer is built on a
+    /// copy of its parent (native): layers must be applied in order.
+    fn unpacks_independently(&self) -> bool {
+        false
+    }
+
     /// Unpacks an uncompressed tar stream as the committed layer `chain` on top of `parent`.
     /// Runs the (blocking) read on a blocking thread. Idempotent: an existing layer is kept as it is (and
     /// the stream is not read). No entry may create or change anything outside the layer's own directory;
@@ -95,7 +126,8 @@ pub trait Snapshotter: Send + Sync + 'static {
     ///
     /// The stream is read **to its end** before the layer is committed, and any read error (including one
     /// reported only at EOF) fails the call with nothing committed: the image store's reader verifies the
-    /// layer's diff id when the stream ends. `parent` must exist (`NotFound` otherwise).
+    /// layer's diff id when the stream ends. `parent` must exist (`NotFound` otherwise), unless
+    /// [`Snapshotter::unpacks_independently`].
     async fn apply_layer(
         &self,
         chain: &ChainId,
@@ -123,6 +155,6 @@ pub trait Snapshotter: Send + Sync + 'static {
     /// Every snapshot and layer the snapshotter holds.
     async fn walk(&self) -> PluginResult<Vec<SnapshotInfo>>;
 
-    /// The store's location and total use.
+    /// The store's location and its use by layers and by snapshots.
     async fn fs_info(&self) -> PluginResult<FsInfo>;
 }

@@ -26,6 +26,12 @@ pub enum Auth {
         pass: String,
         token: String,
     },
+    /// A token service at `/token` that trades the OAuth2 refresh token `refresh` (POST
+    /// `grant_type=refresh_token`) for the access token `token`.
+    Identity {
+        refresh: String,
+        token: String,
+    },
 }
 
 #[derive(Default)]
@@ -100,6 +106,23 @@ impl Registry {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    // A body (the token POST's form) follows the head: read it whole.
+                    let head_len = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let length = String::from_utf8_lossy(&buf[..head_len])
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_string)
+                        })
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_len + length {
                         match sock.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -191,7 +214,7 @@ fn authorized(auth: &Option<Auth>, head: &str) -> bool {
                     base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
                 )
         }
-        Some(Auth::Bearer { token, .. }) => given == format!("Bearer {token}"),
+        Some(Auth::Bearer { token, .. }) | Some(Auth::Identity { token, .. }) => given == format!("Bearer {token}"),
     }
 }
 
@@ -232,6 +255,23 @@ fn reply(st: &Mutex<State>, addr: &str, head: &str) -> Vec<u8> {
         if let Some(Auth::Bearer { user, pass, token }) = &s.auth {
             if authorized(&Some(Auth::Basic(user.clone(), pass.clone())), head) {
                 let body = json!({"token": token}).to_string();
+                return response(
+                    "200 OK",
+                    &[("Content-Type", "application/json".into())],
+                    body.as_bytes(),
+                    None,
+                );
+            }
+            return error("401 Unauthorized", "UNAUTHORIZED");
+        }
+        if let Some(Auth::Identity { refresh, token }) = &s.auth {
+            let body = head.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let form: HashMap<&str, &str> = body.split('&').filter_map(|kv| kv.split_once('=')).collect();
+            if method == "POST"
+                && form.get("grant_type") == Some(&"refresh_token")
+                && form.get("refresh_token") == Some(&refresh.as_str())
+            {
+                let body = json!({"access_token": token}).to_string();
                 return response(
                     "200 OK",
                     &[("Content-Type", "application/json".into())],
@@ -439,7 +479,11 @@ impl Env {
     }
 
     pub fn with_limits(snapshotter: &str, limits: UnpackLimits) -> Env {
-        let dir = tempfile::tempdir().unwrap();
+        Env::in_dir(tempfile::tempdir().unwrap(), snapshotter, limits)
+    }
+
+    /// An image store with its root (content, snapshots, metadata) under `dir`.
+    pub fn in_dir(dir: tempfile::TempDir, snapshotter: &str, limits: UnpackLimits) -> Env {
         let root = dir.path().join("root");
         let snap_root = root.join("snapshotter").join(snapshotter);
         let snap: Arc<dyn Snapshotter> = match snapshotter {

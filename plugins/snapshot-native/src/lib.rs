@@ -17,7 +17,7 @@ use berth_core::model::ChainId;
 use berth_core::plugin::snapshot::{FsInfo, Mount, SnapshotInfo, SnapshotKind, Snapshotter, UnpackLimits, Usage};
 use berth_core::plugin::{PluginError, PluginKind, PluginResult};
 use berth_core::registry::RegistryError;
-use berth_snapshot_overlay::store::{Committed, Pending, Record, SnapshotStore, disk_usage};
+use berth_snapshot_overlay::store::{Committed, Pending, Record, SnapshotStore};
 use berth_snapshot_overlay::unpack::{Whiteouts, unpack};
 use berth_snapshot_overlay::{bind, blocking};
 
@@ -89,10 +89,7 @@ impl NativeSnapshotter {
 #[async_trait]
 impl Snapshotter for NativeSnapshotter {
     async fn has_layer(&self, chain: &ChainId) -> PluginResult<bool> {
-        Ok(self
-            .store
-            .get(chain.as_str())
-            .is_some_and(|r| r.kind == SnapshotKind::Committed))
+        Ok(self.store.has_layer(chain))
     }
 
     async fn apply_layer(
@@ -136,15 +133,11 @@ impl Snapshotter for NativeSnapshotter {
     }
 
     async fn remove(&self, key: &str) -> PluginResult<()> {
-        let store = self.store.clone();
-        let key = key.to_string();
-        blocking(move || store.remove(&key)).await
+        self.store.remove_blocking(key).await
     }
 
     async fn usage(&self, key: &str) -> PluginResult<Usage> {
-        let store = self.store.clone();
-        let key = key.to_string();
-        blocking(move || store.usage(&key)).await
+        self.store.usage_blocking(key).await
     }
 
     async fn walk(&self) -> PluginResult<Vec<SnapshotInfo>> {
@@ -152,11 +145,6 @@ impl Snapshotter for NativeSnapshotter {
     }
 
     async fn fs_info(&self) -> PluginResult<FsInfo> {
-        let dir = self.store.dir().to_path_buf();
-        blocking(move || {
-            let used = disk_usage(&dir).map_err(|e| PluginError::io(format!("measure {}", dir.display()), e))?;
-            Ok(FsInfo { mountpoint: dir, used })
-        })
-        .await
+        self.store.fs_info().await
     }
 }

@@ -22,7 +22,8 @@ use berth_core::plugin::snapshot::{FsInfo, Mount, SnapshotInfo, SnapshotKind, Sn
 use berth_core::plugin::{PluginError, PluginKind, PluginResult, Readiness};
 use berth_core::registry::RegistryError;
 
-use crate::store::{Committed, Record, SnapshotStore, disk_usage};
+pub use crate::store::blocking;
+use crate::store::{Committed, Record, SnapshotStore};
 use crate::unpack::{Whiteouts, unpack};
 
 pub const NAME: &str = "overlayfs";
@@ -33,13 +34,6 @@ pub fn register(registry: &mut Registry) -> Result<(), RegistryError> {
         let root = ctx.plugin_root(PluginKind::Snapshotter, NAME);
         Ok(Arc::new(OverlaySnapshotter::open(&root)?) as Arc<dyn Snapshotter>)
     })
-}
-
-/// Runs blocking file-system work off the async threads.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> PluginResult<T> + Send + 'static) -> PluginResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| PluginError::Internal(format!("snapshotter task failed: {e}")))?
 }
 
 pub struct OverlaySnapshotter {
@@ -136,10 +130,11 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     async fn has_layer(&self, chain: &ChainId) -> PluginResult<bool> {
-        Ok(self
-            .store
-            .get(chain.as_str())
-            .is_some_and(|r| r.kind == SnapshotKind::Committed))
+        Ok(self.store.has_layer(chain))
+    }
+
+    fn unpacks_independently(&self) -> bool {
+        true
     }
 
     async fn apply_layer(
@@ -150,22 +145,31 @@ impl Snapshotter for OverlaySnapshotter {
         limits: UnpackLimits,
     ) -> PluginResult<Usage> {
         let store = self.store.clone();
-        let chain = chain.clone();
-        let parent = parent.cloned();
-        blocking(move || {
-            if store.get(chain.as_str()).is_some() {
-                return store.usage(chain.as_str());
-            }
-            if let Some(p) = &parent {
-                store.chain(p)?;
+        let key = chain.clone();
+        let unpacked = blocking(move || {
+            if store.get(key.as_str()).is_some() {
+                return Ok(None);
             }
             let pending = store.begin()?;
             let usage = unpack(tar, &pending.fs(), Whiteouts::Overlay, limits)?;
-            match store.commit(pending, chain.as_str(), SnapshotKind::Committed, parent.as_ref())? {
+            Ok(Some((pending, usage)))
+        })
+        .await?;
+        let Some((pending, usage)) = unpacked else {
+            return self.store.usage_blocking(chain.as_str()).await;
+        };
+        // A layer's directory holds only its own content: it waits for its parent only to commit, so the
+        // layers of one image unpack at once.
+        if let Some(p) = parent {
+            self.store.wait_for_layer(p).await;
+        }
+        let (store, chain, parent) = (self.store.clone(), chain.clone(), parent.cloned());
+        blocking(
+            move || match store.commit(pending, chain.as_str(), SnapshotKind::Committed, parent.as_ref())? {
                 Committed::New(_) => Ok(usage),
                 Committed::Existing(_) => store.usage(chain.as_str()),
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -186,15 +190,11 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     async fn remove(&self, key: &str) -> PluginResult<()> {
-        let store = self.store.clone();
-        let key = key.to_string();
-        blocking(move || store.remove(&key)).await
+        self.store.remove_blocking(key).await
     }
 
     async fn usage(&self, key: &str) -> PluginResult<Usage> {
-        let store = self.store.clone();
-        let key = key.to_string();
-        blocking(move || store.usage(&key)).await
+        self.store.usage_blocking(key).await
     }
 
     async fn walk(&self) -> PluginResult<Vec<SnapshotInfo>> {
@@ -202,11 +202,6 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     async fn fs_info(&self) -> PluginResult<FsInfo> {
-        let dir = self.store.dir().to_path_buf();
-        blocking(move || {
-            let used = disk_usage(&dir).map_err(|e| PluginError::io(format!("measure {}", dir.display()), e))?;
-            Ok(FsInfo { mountpoint: dir, used })
-        })
-        .await
+        self.store.fs_info().await
     }
 }

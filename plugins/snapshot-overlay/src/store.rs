@@ -17,10 +17,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use berth_core::model::ChainId;
-use berth_core::plugin::snapshot::{SnapshotInfo, SnapshotKind, Usage};
+use berth_core::plugin::snapshot::{FsInfo, SnapshotInfo, SnapshotKind, Usage};
 use berth_core::plugin::{PluginError, PluginResult};
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,15 @@ struct Index {
 pub struct SnapshotStore {
     dir: PathBuf,
     index: Mutex<Index>,
+    /// Bumped at every commit, for [`SnapshotStore::wait_for_layer`].
+    commits: tokio::sync::watch::Sender<u64>,
+}
+
+/// Runs blocking file-system work off the async threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> PluginResult<T> + Send + 'static) -> PluginResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PluginError::Internal(format!("snapshotter task failed: {e}")))?
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> PluginError {
@@ -122,6 +131,7 @@ impl SnapshotStore {
         Ok(SnapshotStore {
             dir,
             index: Mutex::new(Index { next, records }),
+            commits: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -146,6 +156,22 @@ impl SnapshotStore {
 
     pub fn get(&self, key: &str) -> Option<Record> {
         self.lock().records.get(key).cloned()
+    }
+
+    /// True when the committed layer `chain` exists.
+    pub fn has_layer(&self, chain: &ChainId) -> bool {
+        self.get(chain.as_str())
+            .is_some_and(|r| r.kind == SnapshotKind::Committed)
+    }
+
+    /// Waits until the committed layer `chain` exists (another task is committing it).
+    pub async fn wait_for_layer(&self, chain: &ChainId) {
+        // Subscribed before the check: a commit between the check and the wait still wakes us.
+        let mut commits = self.commits.subscribe();
+        while !self.has_layer(chain) {
+            // The sender lives as long as `self`: `changed` cannot fail here.
+            let _ = commits.changed().await;
+        }
     }
 
     /// Starts a new snapshot directory `<n>.tmp` with an empty `fs` (mode 0755).
@@ -205,6 +231,8 @@ impl SnapshotStore {
         pending.committed = true;
         sync_dir(&self.dir);
         idx.records.insert(key.to_string(), record.clone());
+        drop(idx);
+        self.commits.send_modify(|n| *n += 1);
         Ok(Committed::New(record))
     }
 
@@ -275,6 +303,47 @@ impl SnapshotStore {
             .ok_or_else(|| PluginError::NotFound(format!("snapshot {key:?} not found")))?;
         let fs = self.fs(r.id);
         disk_usage(&fs).map_err(io(format!("measure {}", fs.display())))
+    }
+}
+
+/// The `Snapshotter` methods both snapshotters answer the same way, off the async threads.
+impl SnapshotStore {
+    pub async fn remove_blocking(self: &Arc<Self>, key: &str) -> PluginResult<()> {
+        let (store, key) = (self.clone(), key.to_string());
+        blocking(move || store.remove(&key)).await
+    }
+
+    pub async fn usage_blocking(self: &Arc<Self>, key: &str) -> PluginResult<Usage> {
+        let (store, key) = (self.clone(), key.to_string());
+        blocking(move || store.usage(&key)).await
+    }
+
+    /// The store root (the directory above `snapshots`) and the use of its layers and its snapshots.
+    pub async fn fs_info(self: &Arc<Self>) -> PluginResult<FsInfo> {
+        let store = self.clone();
+        blocking(move || {
+            let records: Vec<Record> = store.lock().records.values().cloned().collect();
+            let mut info = FsInfo {
+                mountpoint: store.dir.parent().unwrap_or(&store.dir).to_path_buf(),
+                layers: Usage::default(),
+                snapshots: Usage::default(),
+            };
+            for r in records {
+                let dir = store.path(r.id);
+                let used = match disk_usage(&dir) {
+                    Ok(u) => u,
+                    // Removed since the records were read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(PluginError::io(format!("measure {}", dir.display()), e)),
+                };
+                match r.kind {
+                    SnapshotKind::Committed => info.layers = info.layers + used,
+                    SnapshotKind::Active | SnapshotKind::View => info.snapshots = info.snapshots + used,
+                }
+            }
+            Ok(info)
+        })
+        .await
     }
 }
 
