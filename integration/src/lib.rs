@@ -1,6 +1,8 @@
 //! Shared helpers of the end-to-end tests: start a real berthd on a private root/state/socket, find the
 //! built binaries, run crictl, and talk CRI over gRPC.
 
+pub mod leaks;
+
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -234,19 +236,8 @@ impl Drop for Berthd {
 
 /// SIGKILLs every process whose command line names `state` (the shims a berthd started there).
 pub fn kill_shims_of(state: &Path) {
-    let needle = state.display().to_string();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.windows(2).any(|w| w[0] == b"--state" && w[1] == needle.as_bytes()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
+    for pid in leaks::shims_of(state) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 
@@ -331,7 +322,8 @@ impl Berthd {
     /// Starts a new berthd on this one's config, root, state and socket (after a kill, say) and waits until
     /// it answers; its log goes to `<dir>/<log_name>`.
     pub fn respawn(&mut self, log_name: &str) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.path().join(log_name))?;
+        self.log = self.dir.path().join(log_name);
+        let log = std::fs::File::create(&self.log)?;
         self.child = Some(
             Command::new(built("berthd"))
                 .arg("--config")
