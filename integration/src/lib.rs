@@ -1,6 +1,8 @@
 //! Shared helpers of the end-to-end tests: start a real berthd on a private root/state/socket, find the
 //! built binaries, run crictl, and talk CRI over gRPC.
 
+pub mod leaks;
+
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -253,103 +255,25 @@ impl Drop for Berthd {
     }
 }
 
-/// The pids of the processes whose command line names `state`: the shims a berthd started there (and the
-/// berthd itself, if it runs).
-pub fn shims_of(state: &Path) -> Vec<i32> {
-    let needle = state.display().to_string();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.windows(2).any(|w| w[0] == b"--state" && w[1] == needle.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// SIGKILLs the shims a berthd started on `state`.
 pub fn kill_shims_of(state: &Path) {
-    for pid in shims_of(state) {
+    for pid in leaks::shims_of(state) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 
-/// The entries of a directory (empty when it does not exist).
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 impl Berthd {
-    /// What pods and containers hold on the host that is still there: mounts under this berthd's dirs, namespace
-    /// pins, pod and container state dirs, veths on its bridge, cgroups under its parent, shims. Empty once
+    /// What pods and containers hold on the host that is still there (see [`leaks::host_leaks`]). Empty once
     /// every pod is removed (the bridge, nft table and the cgroup parent itself stay by design).
     pub fn host_leaks(&self) -> Vec<String> {
-        let mut leaks = Vec::new();
-        let dir = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if m.starts_with(&dir) {
-                leaks.push(format!("mount {m}"));
-            }
-        }
-        for kind in ["netns", "ipcns", "utsns", "pods", "containers"] {
-            for e in entries(&self.state().join(kind)) {
-                leaks.push(format!("{kind}/{e}"));
-            }
-        }
-        for veth in entries(&Path::new("/sys/class/net").join(&self.bridge).join("brif")) {
-            leaks.push(format!("veth {veth}"));
-        }
-        let cgroup_mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        for mnt in cgroup_mounts.lines().filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2")).then(|| f[1].to_string())
-        }) {
-            let parent = Path::new(&mnt).join(self.cgroup_parent.trim_start_matches('/'));
-            for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    leaks.push(format!("cgroup {}", e.path().display()));
-                }
-            }
-        }
-        let berthd = self.child.as_ref().map(|c| c.id() as i32);
-        for pid in shims_of(&self.state()).into_iter().filter(|p| Some(*p) != berthd) {
-            leaks.push(format!("shim pid {pid}"));
-        }
-        leaks
+        leaks::host_leaks(self)
     }
 
     /// Records left in the metadata store: pods, containers, reserved names, intents, IP allocations. berthd
     /// must be stopped (the store has one writer).
     pub fn store_leaks(&self) -> Vec<String> {
         assert!(self.child.is_none(), "store_leaks needs berthd stopped");
-        let store = berth_core::Store::open(&self.root().join("meta.redb")).expect("open the store");
-        let mut leaks = Vec::new();
-        for table in [
-            berth_core::Table::Pods,
-            berth_core::Table::Containers,
-            berth_core::Table::Names,
-            berth_core::Table::Intents,
-            berth_core::Table::IpAllocations,
-        ] {
-            for (key, _) in store.list::<serde_json::Value>(table).expect("list a table") {
-                leaks.push(format!("{table:?} {key}"));
-            }
-        }
-        leaks
+        leaks::store_leaks(self)
     }
 
     /// Stops berthd (SIGTERM) and asserts that nothing of any pod is left, on the host or in the store.
@@ -443,7 +367,8 @@ impl Berthd {
     /// Starts a new berthd on this one's config, root, state and socket (after a kill, say) and waits until
     /// it answers; its log goes to `<dir>/<log_name>`.
     pub fn respawn(&mut self, log_name: &str) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.path().join(log_name))?;
+        self.log = self.dir.path().join(log_name);
+        let log = std::fs::File::create(&self.log)?;
         self.child = Some(
             Command::new(built("berthd"))
                 .arg("--config")

@@ -77,6 +77,18 @@ pub fn default_mounts(privileged: bool, shm_size: u64) -> CriResult<Vec<Mount>> 
     ])
 }
 
+/// The /proc files a bind mount may replace (runc's checkProcMount list, which lxcfs relies on); anything else
+/// under /proc could mask the kernel's view the masked and read-only paths protect.
+const PROC_FILES_OVERRIDABLE: [&str; 7] = [
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+];
+
 /// Checks the CRI mounts without touching the host.
 pub fn validate(mounts: &[api::Mount]) -> CriResult<()> {
     for (i, m) in mounts.iter().enumerate() {
@@ -87,9 +99,17 @@ pub fn validate(mounts: &[api::Mount]) -> CriResult<()> {
                 m.container_path
             )));
         }
-        if clean(&m.container_path) == "/" {
+        let dest = clean(&m.container_path);
+        if dest == "/" {
             return Err(CriError::InvalidArgument(format!(
                 "{field}.container_path must not be /"
+            )));
+        }
+        if (dest == "/proc" || dest.starts_with("/proc/")) && !PROC_FILES_OVERRIDABLE.contains(&dest.as_str()) {
+            return Err(CriError::InvalidArgument(format!(
+                "{field}.container_path {:?}: a mount over /proc would hide the container's own proc (only {} may be overridden, as lxcfs does)",
+                m.container_path,
+                PROC_FILES_OVERRIDABLE.join(", ")
             )));
         }
         if m.image.is_some() {

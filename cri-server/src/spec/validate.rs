@@ -554,6 +554,28 @@ mod tests {
                 Some("container config: mounts[1].container_path must be absolute"),
             ),
             (
+                "mount over /proc",
+                |c| {
+                    c.mounts.push(api::Mount {
+                        container_path: "/tmp/../proc/sys".into(),
+                        host_path: "/b".into(),
+                        ..Default::default()
+                    })
+                },
+                Some("a mount over /proc would hide the container's own proc"),
+            ),
+            (
+                "lxcfs-style /proc/meminfo",
+                |c| {
+                    c.mounts.push(api::Mount {
+                        container_path: "/proc/meminfo".into(),
+                        host_path: "/b".into(),
+                        ..Default::default()
+                    })
+                },
+                None,
+            ),
+            (
                 "absolute log path",
                 |c| c.log_path = "/etc/passwd".into(),
                 Some("must be relative"),

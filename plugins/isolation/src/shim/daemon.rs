@@ -33,7 +33,10 @@ pub fn daemonize(args: &Args) -> std::io::Result<Role> {
             let _ = std::fs::File::from(read_end).read_to_string(&mut answer);
             match answer.strip_prefix('R') {
                 Some(pid) => {
-                    println!("{pid}");
+                    // berthd may have died while waiting (kill -9): a closed pipe is no reason to panic, the
+                    // shim runs on and the next berthd finds it by its socket.
+                    use std::io::Write;
+                    let _ = writeln!(std::io::stdout(), "{pid}");
                     Ok(Role::Parent(0))
                 }
                 None => Ok(Role::Parent(1)),

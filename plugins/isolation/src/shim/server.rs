@@ -644,8 +644,16 @@ impl Shim {
             exec: true,
             ..self.spawn_ctx_copy()
         };
-        let spawned = crate::init::spawn(&plan, &ctx, &io.child)
-            .map_err(|e| Reply::error(ErrorKind::Internal, format!("exec in {id}: {e}")))?;
+        let init_pid = c.pid;
+        let spawned = crate::init::spawn(&plan, &ctx, &io.child).map_err(|e| {
+            // The main process exited a moment ago and its SIGCHLD is still queued: its namespaces are gone
+            // (a zombie has none). That is "not running", not a runtime fault.
+            if std::fs::metadata(format!("/proc/{init_pid}/ns/mnt")).is_err() {
+                Reply::error(ErrorKind::FailedPrecondition, format!("container {id} is not running"))
+            } else {
+                Reply::error(ErrorKind::Internal, format!("exec in {id}: {e}"))
+            }
+        })?;
         drop(io.child);
         let session = format!("exec-{}", self.next_session);
         self.next_session += 1;
