@@ -157,6 +157,10 @@ def table(run, rts, with_plots):
         section(f"cold pull + unpack of {image}")
         row("wall time, s", lambda r: r.driver["pull"]["ms"] / 1000 if "pull" in r.driver else None)
         row("daemon peak RSS, MiB", lambda r: r.driver["pull"]["peak_rss_kb"] / 1024 if "pull" in r.driver else None)
+        row(
+            "daemon peak RSS minus RSS before the pull, MiB",
+            lambda r: (r.driver["pull"]["peak_rss_kb"] - r.driver["pull"].get("rss_before_kb", 0)) / 1024 if "pull" in r.driver else None,
+        )
 
     out = [
         f"Measured {run['date']} by `hack/bench.sh`{' --ci' if run.get('ci') else ''} at berth {run['commit']}: "

@@ -2,11 +2,12 @@
 # berth against Debian's containerd 1.6 (+ runc, CNI bridge/host-local/portmap), in one run, on the same images.
 # Each runtime is started by this script on a private root, state, socket, bridge, CIDR and cgroup parent, measured,
 # then stopped and cleaned up (also on failure or Ctrl-C). Per runtime, in this order:
-#   1. daemon memory idle, then a cold pull + unpack of --pull-image (wall time, daemon peak RSS);
+#   1. daemon memory idle;
 #   2. pods one after the other, each with one container: pod ready (RunPodSandbox) and container create+start
 #      latency; daemon and shim memory (RSS, PSS from smaps_rollup) at 1, 5, 10, 25, 50 and all pods;
 #   3. rounds of pods started at once, the same latencies;
-#   4. critest --benchmark (pod, container and image lifecycles), p50/p90 per operation.
+#   4. a cold pull + unpack of --pull-image (wall time, daemon peak RSS), not for berth-cni (same image code);
+#   5. critest --benchmark (pod, container and image lifecycles), p50/p90 per operation.
 # Steps 1-3 are integration/src/bin/berth-bench.rs (a gRPC client on one connection, as kubelet); the table, the
 # berth/containerd ratios and the plots are hack/bench-report.py.
 #
@@ -285,7 +286,7 @@ imagesNumberParallel: 1
 YAML
 
 cat >"$out/run.json" <<JSON
-{ "date": "$(date -u +%FT%TZ)", "commit": "$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)",
+{ "date": "$(date -u +%FT%TZ)", "commit": "$(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown)",
   "kernel": "$(uname -r)", "cpus": $(nproc), "load": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "mem_mib": $(($(awk '/MemTotal/ { print $2 }' /proc/meminfo) / 1024)),
   "containerd": "$(containerd --version 2>/dev/null | awk '{ print $3 }')", "runc": "$(runc --version 2>/dev/null | awk 'NR == 1 { print $3 }')",

@@ -6,13 +6,13 @@
 //! keeps one HTTP/2 connection open, as kubelet does, and times only the RPC.
 //!
 //! What it measures, in this order (the runtime should have just started and must have no pods):
-//! 1. the daemon's memory idle;
-//! 2. a cold pull (+ unpack) of `--pull-image`: wall time, and the daemon's peak RSS during it (`VmHWM` after
-//!    resetting it through `/proc/PID/clear_refs`);
-//! 3. `--pods` pods one after the other, each with one container: RunPodSandbox latency (pod ready) and
+//! 1. the daemon's memory idle (then the pods' images are pulled, untimed);
+//! 2. `--pods` pods one after the other, each with one container: RunPodSandbox latency (pod ready) and
 //!    CreateContainer + StartContainer latency; daemon and shim memory sampled at a few pod counts while they
 //!    stay up; then all are removed;
-//! 4. `--rounds` rounds of `--concurrent` pods started at once, the same two latencies, removed after each round.
+//! 3. `--rounds` rounds of `--concurrent` pods started at once, the same two latencies, removed after each round;
+//! 4. a cold pull (+ unpack) of `--pull-image`: wall time, and the daemon's peak RSS during it (`VmHWM` after
+//!    resetting it through `/proc/PID/clear_refs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -317,22 +317,6 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     let mut out = serde_json::Map::new();
     out.insert("idle".into(), sample_memory(&args, 0)?);
 
-    if !args.pull_image.is_empty() {
-        // "5" resets the peak RSS (VmHWM) to the current RSS (proc(5), Linux ≥ 4.0).
-        std::fs::write(format!("/proc/{}/clear_refs", args.daemon_pid), "5").context("resetting the daemon's VmHWM")?;
-        let took = cri.pull(&args.pull_image).await?;
-        let m = mem_of(args.daemon_pid)?;
-        eprintln!(
-            "[bench] cold pull of {}: {:.0} ms, daemon peak RSS {} kB",
-            args.pull_image,
-            ms(took),
-            m.hwm
-        );
-        out.insert(
-            "pull".into(),
-            json!({ "image": args.pull_image, "ms": ms(took), "peak_rss_kb": m.hwm, "rss_after_kb": m.rss }),
-        );
-    }
     for image in args.prepull.iter().chain([&args.image]).filter(|i| !i.is_empty()) {
         cri.pull(image).await?;
     }
@@ -406,6 +390,25 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     );
     out.insert("concurrent".into(), Value::Array(concurrent));
     out.insert("concurrency".into(), json!(args.concurrent));
+
+    // Last, so that what the pull leaves in the daemon's heap does not count as memory of the pods.
+    if !args.pull_image.is_empty() {
+        // "5" resets the peak RSS (VmHWM) to the current RSS (proc(5), Linux ≥ 4.0).
+        std::fs::write(format!("/proc/{}/clear_refs", args.daemon_pid), "5").context("resetting the daemon's VmHWM")?;
+        let before = mem_of(args.daemon_pid)?.rss;
+        let took = cri.pull(&args.pull_image).await?;
+        let m = mem_of(args.daemon_pid)?;
+        eprintln!(
+            "[bench] cold pull of {}: {:.0} ms, daemon peak RSS {} kB",
+            args.pull_image,
+            ms(took),
+            m.hwm
+        );
+        out.insert(
+            "pull".into(),
+            json!({ "image": args.pull_image, "ms": ms(took), "peak_rss_kb": m.hwm, "rss_before_kb": before, "rss_after_kb": m.rss }),
+        );
+    }
     Ok(Value::Object(out))
 }
 
@@ -414,9 +417,15 @@ fn write(path: &Path, v: &Value) -> anyhow::Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let out = args.out.clone();
-    let v = run(args).await?;
-    write(&out, &v)
+    match run(args).await.and_then(|v| write(&out, &v)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain on one line, without a backtrace: the reason is what bench.sh shows.
+            eprintln!("berth-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
