@@ -22,7 +22,8 @@
 #   --no-plots    skip the PNG plots (they need python3-matplotlib, installed when missing)
 #   --no-readme   do not write hack/bench-results.md and README.md's bench section (a full run does)
 # Environment: BERTH_SKIP_DEPS=1 skips hack/install-deps.sh; BERTH_TOOLS_BIN as in install-deps.sh;
-# BENCH_PULL_IMAGE overrides the cold-pull image (default berth-test/big, ~200 MB, built here when missing).
+# BENCH_PULL_IMAGE overrides the cold-pull image (default berth-test/big, ~200 MB, built here when missing);
+# BENCH_BERTHD runs that berthd binary instead of the one built from this tree (another build, say).
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -97,6 +98,7 @@ else
 		cargo build --profile shim --quiet -p berth-isolation --bin berth-shim)
 	berthd=$target/release/berthd driver=$target/release/berth-bench shim=$target/shim/berth-shim
 fi
+berthd=${BENCH_BERTHD:-$berthd}
 for b in "$berthd" "$driver" "$shim"; do [[ -x $b ]] || die "not built: $b"; done
 
 "$HACK/local-registry.sh" start
