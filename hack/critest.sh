@@ -144,5 +144,18 @@ if ((ci)); then
 	fi
 fi
 echo "critest: $passed passed, $failed failed, $skipped skipped"
+if ((ci == 0)) && [[ -z $focus && -z $skip ]]; then
+	# A full run is the figure README.md shows.
+	{
+		printf 'critest %s, every spec, %s at berth %s: **%d passed, %d failed, %d skipped**.\n' \
+			"$("$TOOLS/critest" --version 2>/dev/null | awk 'NR == 1 { print $NF }')" "$(date -u +%F)" \
+			"$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$passed" "$failed" "$skipped"
+		if ((failed)); then
+			printf '\nFailing:\n'
+			awk -F'\t' '$1 != "passed" && $1 != "skipped" && $1 != "pending" { print "- " $2 }' "$tmp/specs.tsv"
+		fi
+	} | "$HACK/readme-section.sh" critest "$REPO/README.md"
+	log "README.md critest totals updated"
+fi
 ((ci)) || ((failed == 0)) || status=0 # a full run reports honestly; only --ci gates
 exit "$status"

@@ -23,6 +23,9 @@ cargo build --workspace --all-targets --quiet
 step "critest: the specs that must keep passing (hack/critest-expected-pass.txt)"
 BERTH_SKIP_DEPS=1 "$HACK/critest.sh" --ci
 
+step "bench, reduced: berth and containerd side by side, 5 pods (hack/bench.sh --ci)"
+"$HACK/bench.sh" --ci
+
 step "cgroup v2, for real, in a VM (this host is cgroup v1)"
 "$HACK/install-deps.sh" --vm --no-tools --no-debs
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$HACK/vm-test.sh" cargo test -p berth-cgroups --test v2
