@@ -93,10 +93,10 @@ if ((ci)); then
 		-p berth-isolation --bin berth-shim)
 	berthd=$target/debug/berthd driver=$target/debug/berth-bench shim=$target/debug/berth-shim
 else
-	log "building berthd (release), berth-shim (shim profile) and the driver"
-	(cd "$REPO" && cargo build --release --quiet -p berth-cri --bin berthd -p berth-integration --bin berth-bench &&
-		cargo build --profile shim --quiet -p berth-isolation --bin berth-shim)
-	berthd=$target/release/berthd driver=$target/release/berth-bench shim=$target/shim/berth-shim
+	log "building berthd (release), berth-shim (static, shim profile: hack/build-shim.sh) and the driver"
+	(cd "$REPO" && cargo build --release --quiet -p berth-cri --bin berthd -p berth-integration --bin berth-bench)
+	shim=$("$HACK/build-shim.sh")
+	berthd=$target/release/berthd driver=$target/release/berth-bench
 fi
 berthd=${BENCH_BERTHD:-$berthd}
 for b in "$berthd" "$driver" "$shim"; do [[ -x $b ]] || die "not built: $b"; done

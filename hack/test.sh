@@ -23,6 +23,9 @@ cargo build --workspace --all-targets --quiet
 step "critest: the specs that must keep passing (hack/critest-expected-pass.txt)"
 BERTH_SKIP_DEPS=1 "$HACK/critest.sh" --ci
 
+step "the static shim (hack/build-shim.sh, what bench.sh and the demo run) passes the container tests"
+BERTH_SHIM=$("$HACK/build-shim.sh") cargo test -p berth-isolation --test containers
+
 step "bench, reduced: berth and containerd side by side, 5 pods (hack/bench.sh --ci)"
 "$HACK/bench.sh" --ci
 
