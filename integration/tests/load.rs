@@ -211,14 +211,22 @@ async fn exec_probes_under_load() {
                         .expect("zombie scan");
                 samples += 1;
                 seen += before.len();
-                let parents: BTreeSet<&str> = before.iter().filter_map(|z| zombie_parent(z)).collect();
+                let parents: BTreeSet<String> = before
+                    .iter()
+                    .filter_map(|z| zombie_parent(z))
+                    .map(str::to_string)
+                    .collect();
+                // Only shims that answered a probe since are held to it (a failed probe fails the test anyway).
+                let mut checked = BTreeSet::new();
                 for parent in parents {
                     let pod = shims
                         .iter()
-                        .find(|(pid, _)| pid.to_string() == parent)
+                        .find(|(pid, _)| pid.to_string() == *parent)
                         .and_then(|(_, cmd)| cmd.split(' ').skip_while(|a| *a != "--pod-id").nth(1));
                     if let Some(id) = pod.and_then(|p| pod_container.get(p)) {
-                        let _ = probe(&mut rt, id).await;
+                        if probe(&mut rt, id).await.is_ok() {
+                            checked.insert(parent);
+                        }
                         extra += 1;
                     }
                 }
@@ -228,7 +236,11 @@ async fn exec_probes_under_load() {
                     .expect("zombie scan")
                     .into_iter()
                     .collect();
-                unreaped.extend(before.into_iter().filter(|z| after.contains(z)));
+                unreaped.extend(
+                    before
+                        .into_iter()
+                        .filter(|z| after.contains(z) && zombie_parent(z).is_some_and(|p| checked.contains(p))),
+                );
             }
             (unreaped, samples, seen, extra)
         })
