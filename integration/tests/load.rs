@@ -369,3 +369,37 @@ fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// A probe whose command hands off its stdout and stderr and keeps running must still end at its timeout
+/// (DeadlineExceeded, the process killed), not when the command exits: kubelet's probe timeout is a second.
+#[tokio::test]
+async fn exec_sync_timeout_holds_after_the_output_closed() {
+    ensure_test_images();
+    let mut b = Berthd::start(BerthdOptions::default()).expect("berthd");
+    ok_stdout(&b.crictl(&["pull", cri::BUSYBOX]), "crictl pull");
+    let mut rt = b.runtime().await.expect("connect");
+    let logs = b.dir.path().join("logs");
+    let mut config = cri::container("main", "");
+    config.command = vec!["sleep".into(), "3600".into()];
+    let (pod, id) = cri::run_pod_with(rt.clone(), cri::pod("exectimeout", &logs), config)
+        .await
+        .expect("pod");
+    let req = ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "exec >/dev/null 2>&1; exec sleep 3600".into(),
+        ],
+        timeout: 2,
+    };
+    // Only a guard against hanging for the hour the command would run.
+    let r = tokio::time::timeout(Duration::from_secs(60), rt.exec_sync(req))
+        .await
+        .expect("ExecSync ignored its 2 s timeout once the command closed its output");
+    let status = r.expect_err("ExecSync of a command outliving its timeout must fail");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    probe(&mut rt, &id).await.expect("a probe after the timed-out one");
+    cri::remove_pod(&mut rt, &pod).await;
+    b.assert_no_leaks();
+}
