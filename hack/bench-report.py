@@ -151,6 +151,23 @@ def table(run, rts, with_plots):
         f"daemon + shims + pause PSS, {pods} pods",
         lambda r: (r.mem_at(pods)["daemon"]["pss_kb"] + sum(p["pss_kb"] for p in r.mem_at(pods)["shims"] + r.mem_at(pods)["infra"])) / 1024,
     )
+    probed = [c for c in cols if "probes" in rts[c].driver]
+    if probed:
+        p0 = rts[probed[0]].driver["probes"]
+        section(f"exec probes: ExecSync `true` in each of {p0['pods']} containers every second for {p0['secs']} s")
+
+        def per_1000(r, *keys):
+            p = r.driver.get("probes")
+            return sum(p[k] for k in keys) * 1000 / p["probes"] if p and p["probes"] else None
+
+        def exec_ms(r, q):
+            p = r.driver.get("probes")
+            return pct(p["exec_ms"], q) if p else None
+
+        row("ExecSync latency, ms: p50 · p99", lambda r: (exec_ms(r, 50), exec_ms(r, 99)))
+        row("daemon CPU-s per 1000 probes", lambda r: per_1000(r, "daemon_cpu_s"))
+        row("shims CPU-s per 1000 probes (with their reaped children: exec processes, runc)", lambda r: per_1000(r, "shims_cpu_s"))
+        row("daemon + shims CPU-s per 1000 probes", lambda r: per_1000(r, "daemon_cpu_s", "shims_cpu_s"))
     pulls = [c for c in cols if "pull" in rts[c].driver]
     if pulls:
         image = rts[pulls[0]].driver["pull"]["image"]

@@ -6,17 +6,21 @@
 #   2. pods one after the other, each with one container: pod ready (RunPodSandbox) and container create+start
 #      latency; daemon and shim memory (RSS, PSS from smaps_rollup) at 1, 5, 10, 25, 50 and all pods;
 #   3. rounds of pods started at once, the same latencies;
-#   4. a cold pull + unpack of --pull-image (wall time, daemon peak RSS), not for berth-cni (same image code);
-#   5. critest --benchmark (pod, container and image lifecycles), p50/p90 per operation.
-# Steps 1-3 are integration/src/bin/berth-bench.rs (a gRPC client on one connection, as kubelet); the table, the
+#   4. exec probes: --probe-pods pods, ExecSync `true` in each container every second for --probe-secs s; the
+#      CPU time of the daemon and its shims (with their reaped children: runc for containerd) per 1000 probes;
+#   5. a cold pull + unpack of --pull-image (wall time, daemon peak RSS), not for berth-cni (same image code);
+#   6. critest --benchmark (pod, container and image lifecycles), p50/p90 per operation.
+# Steps 1-5 are integration/src/bin/berth-bench.rs (a gRPC client on one connection, as kubelet); the table, the
 # berth/containerd ratios and the plots are hack/bench-report.py.
 #
-# Usage: hack/bench.sh [--ci] [--pods N] [--concurrent N] [--rounds N] [--runtimes LIST] [--out DIR]
-#                      [--no-plots] [--no-readme]
+# Usage: hack/bench.sh [--ci] [--pods N] [--concurrent N] [--rounds N] [--probe-pods N] [--probe-secs N]
+#                      [--runtimes LIST] [--out DIR] [--no-plots] [--no-readme]
 #   --ci          reduced run that CI uses so the script cannot rot: debug build, 5 pods, 5 concurrent, 1 round,
-#                 a small pull image, 3 critest iterations, berth and containerd only, no plots, README untouched
+#                 3 probed pods for 5 s, a small pull image, 3 critest iterations, berth and containerd only, no
+#                 plots, README untouched
 #   --pods N      sequential pods (default 100)
 #   --concurrent N  pods started at once per round (default 20); --rounds N rounds (default 3)
+#   --probe-pods N  pods probed with ExecSync every second (default 20); --probe-secs N for how long (default 30)
 #   --runtimes    comma-separated, from berth, berth-cni, containerd (default all three)
 #   --out DIR     results: raw JSON, table.md, PNG plots (default bench-results/ in the repo, --ci: bench-results/ci)
 #   --no-plots    skip the PNG plots (they need python3-matplotlib, installed when missing)
@@ -34,15 +38,17 @@ REGISTRY=${LOCAL_REGISTRY_ADDR:-127.0.0.1:5000}
 IMAGE=registry.k8s.io/e2e-test-images/busybox:1.29-2
 PAUSE=registry.k8s.io/pause:3.9
 
-ci=0 pods=100 concurrent=20 rounds=3 runtimes=berth,berth-cni,containerd out=$REPO/bench-results plots=1 readme=1
+ci=0 pods=100 concurrent=20 rounds=3 probe_pods=20 probe_secs=30 runtimes=berth,berth-cni,containerd out=$REPO/bench-results plots=1 readme=1
 pull_image=${BENCH_PULL_IMAGE:-$REGISTRY/berth-test/big:latest}
 while (($#)); do
 	case $1 in
-	--ci) ci=1 pods=5 concurrent=5 rounds=1 runtimes=berth,containerd plots=0 readme=0 out=$REPO/bench-results/ci
+	--ci) ci=1 pods=5 concurrent=5 rounds=1 probe_pods=3 probe_secs=5 runtimes=berth,containerd plots=0 readme=0 out=$REPO/bench-results/ci
 		pull_image=${BENCH_PULL_IMAGE:-registry.k8s.io/e2e-test-images/nginx:1.14-2} ;;
 	--pods) pods=$2; shift ;;
 	--concurrent) concurrent=$2; shift ;;
 	--rounds) rounds=$2; shift ;;
+	--probe-pods) probe_pods=$2; shift ;;
+	--probe-secs) probe_secs=$2; shift ;;
 	--runtimes) runtimes=$2; shift ;;
 	--out) out=$2; shift ;;
 	--no-plots) plots=0 ;;
@@ -52,7 +58,7 @@ while (($#)); do
 	esac
 	shift
 done
-for n in "$pods" "$concurrent" "$rounds"; do [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: counts must be positive integers" >&2; exit 2; }; done
+for n in "$pods" "$concurrent" "$rounds" "$probe_pods" "$probe_secs"; do [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: counts must be positive integers" >&2; exit 2; }; done
 
 # Debian's python (python3-matplotlib is installed for it), not one an environment put first on PATH.
 PY=/usr/bin/python3
@@ -293,7 +299,8 @@ cat >"$out/run.json" <<JSON
   "mem_mib": $(($(awk '/MemTotal/ { print $2 }' /proc/meminfo) / 1024)),
   "containerd": "$(containerd --version 2>/dev/null | awk '{ print $3 }')", "runc": "$(runc --version 2>/dev/null | awk 'NR == 1 { print $3 }')",
   "critest": "$("$critest_bin" --version 2>/dev/null | awk 'NR == 1 { print $NF }')",
-  "pods": $pods, "concurrent": $concurrent, "rounds": $rounds, "pull_image": "$pull_image", "ci": $ci,
+  "pods": $pods, "concurrent": $concurrent, "rounds": $rounds, "probe_pods": $probe_pods, "probe_secs": $probe_secs,
+  "pull_image": "$pull_image", "ci": $ci,
   "runtimes": "$runtimes" }
 JSON
 
@@ -313,10 +320,10 @@ for r in "${RUNTIMES[@]}"; do
 	[[ $r == berth-cni ]] && pull=""
 	prepull=$IMAGE
 	[[ $r == containerd ]] && prepull=$PAUSE,$IMAGE
-	log "$r: latency and memory ($pods sequential pods, $rounds x $concurrent concurrent)"
+	log "$r: latency and memory ($pods sequential pods, $rounds x $concurrent concurrent), $probe_pods pods probed for ${probe_secs}s"
 	"$driver" --socket "$cur_sock" --daemon-pid "$daemon_pid" --shim-match="$shim_match" --image "$IMAGE" \
 		--prepull "$prepull" --pull-image "$pull" --pods "$pods" --concurrent "$concurrent" --rounds "$rounds" \
-		--mem-at "$mem_at" --cgroup-parent "$cg_parent" --log-dir "$cur_dir/logs" --out "$out/$r/driver.json" ||
+		--mem-at "$mem_at" --probe-pods "$probe_pods" --probe-secs "$probe_secs" --cgroup-parent "$cg_parent" --log-dir "$cur_dir/logs" --out "$out/$r/driver.json" ||
 		{ tail -30 "$cur_dir/daemon.log" >&2; die "$r: the latency/memory driver failed (daemon log: $cur_dir/daemon.log)"; }
 	log "$r: critest --benchmark ($crit_n iterations)"
 	set +e

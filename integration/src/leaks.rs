@@ -93,21 +93,27 @@ pub fn store_leaks(b: &Berthd) -> Vec<String> {
 
 /// Zombie children of this berthd's shims: a shim must reap everything it inherits.
 pub fn zombies_of_shims(b: &Berthd) -> Vec<String> {
-    let shims = shims_of(&b.state());
+    zombies_of(&b.state())
+}
+
+/// Zombie children of the shims a berthd started with this state dir.
+pub fn zombies_of(state: &Path) -> Vec<String> {
+    let shims = shims_of(state);
     let mut zombies = Vec::new();
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
             continue;
         };
         // pid (comm) state ppid …: comm may hold spaces, so split after its closing parenthesis.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
+        let Some((head, rest)) = stat.rsplit_once(')') else {
             continue;
         };
         let mut f = rest.split_whitespace();
         let (state, ppid) = (f.next(), f.next().and_then(|s| s.parse::<i32>().ok()));
         if state == Some("Z") && ppid.is_some_and(|pp| shims.contains(&pp)) {
+            let comm = head.split_once('(').map_or("", |(_, c)| c);
             zombies.push(format!(
-                "zombie {} (parent {})",
+                "zombie {} ({comm}) (parent {})",
                 p.file_name().to_string_lossy(),
                 ppid.unwrap_or(0)
             ));

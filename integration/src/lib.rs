@@ -2,6 +2,7 @@
 //! built binaries, run crictl, and talk CRI over gRPC.
 
 pub mod leaks;
+pub mod procfs;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;

@@ -11,21 +11,27 @@
 //!    CreateContainer + StartContainer latency; daemon and shim memory sampled at a few pod counts while they
 //!    stay up; then all are removed;
 //! 3. `--rounds` rounds of `--concurrent` pods started at once, the same two latencies, removed after each round;
-//! 4. a cold pull (+ unpack) of `--pull-image`: wall time, and the daemon's peak RSS during it (`VmHWM` after
+//! 4. exec probes: `--probe-pods` pods of one container each, ExecSync `true` in every container every second
+//!    for `--probe-secs` seconds (kubelet's exec liveness probe); the CPU time the daemon and the shims spent
+//!    on them (the shims' reaped children included: berth's exec processes, containerd's `runc exec`) and the
+//!    ExecSync latencies;
+//! 5. a cold pull (+ unpack) of `--pull-image`: wall time, and the daemon's peak RSS during it (`VmHWM` after
 //!    resetting it through `/proc/PID/clear_refs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use berth_cri::api::image_service_client::ImageServiceClient;
 use berth_cri::api::runtime_service_client::RuntimeServiceClient;
 use berth_cri::api::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig,
-    PodSandboxMetadata, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
+    PodSandboxConfig, PodSandboxMetadata, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
+use berth_integration::procfs::{self, Cpu};
 use clap::Parser;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
@@ -63,6 +69,12 @@ struct Args {
     /// Pod counts at which memory is sampled during the sequential run (the last pod count always is).
     #[arg(long, value_delimiter = ',', default_value = "1,5,10,25,50")]
     mem_at: Vec<usize>,
+    /// Pods (one container each) of the exec probe phase; 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    probe_pods: usize,
+    /// Seconds of probing: one ExecSync `true` per container per second.
+    #[arg(long, default_value_t = 30)]
+    probe_secs: u64,
     /// Cgroup parent of the pods (each pod gets `<parent>/pod<N>`).
     #[arg(long)]
     cgroup_parent: String,
@@ -195,6 +207,26 @@ impl Cri {
         })
     }
 
+    /// ExecSync `true`, as an exec liveness probe; its latency.
+    async fn probe(&self, container: &str) -> anyhow::Result<Duration> {
+        let mut rt = self.rt.clone();
+        let t = Instant::now();
+        let r = self
+            .call(
+                "ExecSync",
+                rt.exec_sync(ExecSyncRequest {
+                    container_id: container.into(),
+                    cmd: vec!["true".into()],
+                    timeout: 10,
+                }),
+            )
+            .await?;
+        if r.exit_code != 0 {
+            bail!("ExecSync true exited {}", r.exit_code);
+        }
+        Ok(t.elapsed())
+    }
+
     /// StopContainer (no grace: `sleep` as pid 1 ignores SIGTERM), StopPodSandbox, RemovePodSandbox.
     async fn remove_pod(&self, s: &Started) -> anyhow::Result<()> {
         let mut rt = self.rt.clone();
@@ -282,15 +314,20 @@ fn processes() -> HashMap<i32, (i32, String, String)> {
     out
 }
 
-/// The daemon, its per-pod shims and the infra (`pause`) processes those shims run.
-fn sample_memory(args: &Args, pods: usize) -> anyhow::Result<Value> {
+/// The per-pod shims among `procs`.
+fn shims(args: &Args, procs: &HashMap<i32, (i32, String, String)>) -> Vec<i32> {
     let me = std::process::id() as i32;
-    let procs = processes();
-    let shims: Vec<i32> = procs
+    procs
         .iter()
         .filter(|(pid, (_, _, cmd))| **pid != args.daemon_pid && **pid != me && cmd.contains(&args.shim_match))
         .map(|(pid, _)| *pid)
-        .collect();
+        .collect()
+}
+
+/// The daemon, its per-pod shims and the infra (`pause`) processes those shims run.
+fn sample_memory(args: &Args, pods: usize) -> anyhow::Result<Value> {
+    let procs = processes();
+    let shims = shims(args, &procs);
     let infra: Vec<i32> = procs
         .iter()
         .filter(|(_, (ppid, comm, _))| comm == "pause" && shims.contains(ppid))
@@ -349,8 +386,8 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     out.insert("memory".into(), Value::Array(memory));
 
     // Concurrent rounds.
-    let cri = std::sync::Arc::new(cri);
-    let args = std::sync::Arc::new(args);
+    let cri = Arc::new(cri);
+    let args = Arc::new(args);
     let mut concurrent = Vec::new();
     for r in 0..args.rounds {
         let tasks: Vec<_> = (0..args.concurrent)
@@ -391,6 +428,10 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     out.insert("concurrent".into(), Value::Array(concurrent));
     out.insert("concurrency".into(), json!(args.concurrent));
 
+    if args.probe_pods > 0 {
+        out.insert("probes".into(), probe_phase(&cri, &args).await?);
+    }
+
     // Last, so that what the pull leaves in the daemon's heap does not count as memory of the pods.
     if !args.pull_image.is_empty() {
         // "5" resets the peak RSS (VmHWM) to the current RSS (proc(5), Linux ≥ 4.0).
@@ -410,6 +451,84 @@ async fn run(args: Args) -> anyhow::Result<Value> {
         );
     }
     Ok(Value::Object(out))
+}
+
+/// CPU time of the daemon and of the shims (each with its reaped children).
+fn runtime_cpu(args: &Args, shims: &[i32]) -> anyhow::Result<(Cpu, Cpu)> {
+    let daemon = procfs::cpu(args.daemon_pid).context("the daemon died")?;
+    Ok((daemon, shims.iter().filter_map(|p| procfs::cpu(*p)).sum()))
+}
+
+/// `--probe-pods` pods, each container probed with ExecSync `true` every second for `--probe-secs`.
+async fn probe_phase(cri: &Arc<Cri>, args: &Arc<Args>) -> anyhow::Result<Value> {
+    let mut pods = Vec::with_capacity(args.probe_pods);
+    for i in 0..args.probe_pods {
+        pods.push(
+            cri.start_pod(args, &format!("p{i}"))
+                .await
+                .with_context(|| format!("probe pod {i}"))?,
+        );
+    }
+    // A first exec per container outside the measurement (connections, first-use allocations).
+    for s in &pods {
+        cri.probe(&s.container).await?;
+    }
+    let shims = shims(args, &processes());
+    let (daemon0, shims0) = runtime_cpu(args, &shims)?;
+    let started = Instant::now();
+    let n = pods.len();
+    let tasks: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let (cri, args, id) = (cri.clone(), args.clone(), s.container.clone());
+            tokio::spawn(async move {
+                // Spread over the second, as kubelet's probe workers are.
+                tokio::time::sleep(Duration::from_millis((k * 1000 / n) as u64)).await;
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut lat = Vec::new();
+                for _ in 0..args.probe_secs {
+                    tick.tick().await;
+                    lat.push(ms(cri.probe(&id).await?));
+                }
+                Ok::<_, anyhow::Error>(lat)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut first_err = None;
+    for t in tasks {
+        match t.await? {
+            Ok(l) => lat.extend(l),
+            Err(e) => first_err = first_err.or(Some(e)),
+        }
+    }
+    let wall = started.elapsed();
+    let (daemon1, shims1) = runtime_cpu(args, &shims)?;
+    for s in &pods {
+        cri.remove_pod(s).await?;
+    }
+    if let Some(e) = first_err {
+        return Err(e.context("exec probes"));
+    }
+    let secs = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64();
+    let (daemon_s, shims_s) = (
+        secs(daemon1.total(), daemon0.total()),
+        secs(shims1.total(), shims0.total()),
+    );
+    eprintln!(
+        "[bench] {} exec probes in {:.1} s: daemon {daemon_s:.2} CPU-s, shims {shims_s:.2} CPU-s",
+        lat.len(),
+        wall.as_secs_f64()
+    );
+    let v = json!({
+        "pods": n, "secs": args.probe_secs, "probes": lat.len(), "wall_s": wall.as_secs_f64(),
+        "daemon_cpu_s": daemon_s, "shims_cpu_s": shims_s,
+        "shims_children_cpu_s": secs(shims1.children, shims0.children),
+        "exec_ms": lat,
+    });
+    Ok(v)
 }
 
 fn write(path: &Path, v: &Value) -> anyhow::Result<()> {

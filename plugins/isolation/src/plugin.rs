@@ -462,6 +462,26 @@ impl Isolation for LinuxIsolation {
         let (stdout, stderr, timed_out) =
             blocking(move || Ok(collect_output(io.stdout, io.stderr, deadline, max_output))).await?;
         let session = io.session;
+        // The output can end long before the process does (it closed or handed off its stdout and stderr):
+        // the deadline holds for the exit too.
+        let mut timed_out = timed_out;
+        if !timed_out && let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let request = Request::WaitExec {
+                id: id.into(),
+                session: session.clone(),
+                timeout_ms: left.as_millis().try_into().unwrap_or(u64::MAX),
+            };
+            if let Some(exit) = reply_exit(self.call(id, request, left + CALL_TIMEOUT).await?)? {
+                return Ok(ExecOutput {
+                    exit_code: exit.code,
+                    stdout,
+                    stderr,
+                    timed_out: false,
+                });
+            }
+            timed_out = true;
+        }
         if timed_out {
             self.kill_exec(id, &session, libc::SIGKILL).await?;
         }
