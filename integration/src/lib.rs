@@ -35,6 +35,26 @@ pub fn built(name: &str) -> PathBuf {
     p
 }
 
+/// xorshift64*: the tests need a replayable sequence (print the seed), not quality randomness.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        (!items.is_empty()).then(|| &items[self.below(items.len())])
+    }
+}
+
 /// A short random suffix for names of kernel objects (bridges ≤ 15 chars).
 pub fn unique(prefix: &str) -> String {
     let n: u32 = std::process::id() ^ Instant::now().elapsed().subsec_nanos() ^ rand_u32();

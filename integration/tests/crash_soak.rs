@@ -18,7 +18,7 @@ use berth_cri::api::{
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use berth_integration::leaks;
-use berth_integration::{Berthd, BerthdOptions, ensure_test_images, unique};
+use berth_integration::{Berthd, BerthdOptions, Rng, ensure_test_images, unique};
 use nix::sys::signal::Signal;
 use tonic::transport::Channel;
 
@@ -31,26 +31,6 @@ const SPARE_IMAGES: [&str; 3] = [
 ];
 const MAX_PODS: usize = 5;
 const MAX_CONTAINERS: usize = 8;
-
-/// xorshift64*: the test needs a replayable sequence, not quality randomness.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        (!items.is_empty()).then(|| &items[self.below(items.len())])
-    }
-}
 
 #[derive(Clone, Debug)]
 enum Op {
