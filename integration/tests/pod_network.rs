@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use berth_core::store::{Store, Table};
 use berth_cri::api::runtime_service_client::RuntimeServiceClient;
 use berth_cri::api::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode,
+    CreateContainerRequest, ExecSyncRequest, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode,
     NamespaceOption, NetworkConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping,
     Protocol, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfig, StartContainerRequest, StatusRequest,
     StopPodSandboxRequest, UpdateRuntimeConfigRequest,
@@ -141,30 +140,16 @@ impl<'a> Cri<'a> {
         pid: NamespaceMode,
         mounts: Vec<Mount>,
     ) -> String {
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            log_path: format!("{name}.log"),
-            mounts,
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        pid: pid as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut config = berth_integration::cri::container(name, script);
+        config.mounts = mounts;
+        if let Some(ns) = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+        {
+            ns.pid = pid as i32;
+        }
         let id = self
             .rt
             .create_container(CreateContainerRequest {
