@@ -62,6 +62,7 @@ async fn user_databases(lifecycle: &Lifecycle, image: &Image, key: &str) -> (Opt
         crate::rootfs_files::read(&mounts, p, USER_DB_LIMIT).map(|b| String::from_utf8_lossy(&b).into_owned())
     };
     let dbs = (read("/etc/passwd"), read("/etc/group"));
+    berth_core::failpoint::hit("create_container.after_user_view").await;
     if let Err(e) = snap.remove(key).await {
         tracing::warn!(key, "cannot remove a user-database view: {e}");
     }

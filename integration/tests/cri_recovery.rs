@@ -113,7 +113,11 @@ async fn kill_at(point: &str, expected: Outcome) {
     let id = create(&mut rt, &pod, &config, sleeper()).await.unwrap();
     start(&mut rt, &id).await.unwrap();
     cri::remove_pod(&mut rt, &pod).await;
+    // No snapshot or blob outlives its image: a leaked container snapshot or view would keep its layers.
+    ok_stdout(&b.crictl(&["rmi", cri::BUSYBOX]), "crictl rmi");
     b.assert_no_leaks();
+    let storage = berth_integration::leaks::storage_leaks(&b);
+    assert!(storage.is_empty(), "left in storage: {storage:#?}");
 }
 
 fn libc_sigabrt() -> i32 {
@@ -138,6 +142,16 @@ async fn killed_after_the_pod_network_is_set_up_before_the_commit() {
 #[tokio::test]
 async fn killed_after_the_container_intent_is_recorded() {
     kill_at("create_container.after_intent", Outcome::ContainerRolledBack).await;
+}
+
+#[tokio::test]
+async fn killed_while_reading_the_image_user_database() {
+    kill_at("create_container.after_user_view", Outcome::ContainerRolledBack).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_container_dir_is_made_before_the_shim_has_it() {
+    kill_at("isolation.create.before_shim", Outcome::ContainerRolledBack).await;
 }
 
 #[tokio::test]

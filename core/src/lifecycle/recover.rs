@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use super::{Intent, Lifecycle, LifecycleResult};
 use crate::model::{Container, ContainerState, PodSandbox, PodState, now_nanos};
 use crate::plugin::isolation::{ExitStatus, ProcessState};
+use crate::plugin::snapshot::SnapshotKind;
 use crate::store::Table;
 
 /// What recovery did, for the log and for tests.
@@ -16,13 +17,16 @@ pub struct RecoveryReport {
     pub exited_meanwhile: usize,
     pub lost: usize,
     pub stale_cgroups: usize,
+    /// Containers a shim kept that no record names, and snapshots no container or image owns.
+    pub orphans: usize,
+    pub orphan_snapshots: usize,
 }
 
 impl Lifecycle {
     pub async fn recover(&self) -> LifecycleResult<RecoveryReport> {
         let mut report = RecoveryReport::default();
-        self.roll_back_intents(&mut report).await?;
-
+        // Ask the shims first: each answers after any request the killed daemon had already sent it, so a
+        // create still in flight at the kill is finished (and seen) before its rollback deletes it.
         let live: HashMap<String, ProcessState> = self
             .plugins()
             .isolation
@@ -31,9 +35,21 @@ impl Lifecycle {
             .into_iter()
             .map(|s| (s.id, s.state))
             .collect();
-        for c in self.list_containers()? {
+        self.roll_back_intents(&mut report).await?;
+
+        let containers = self.list_containers()?;
+        for id in live.keys().filter(|id| !containers.iter().any(|c| &c.id == *id)) {
+            // A container no record names: its create was rolled back before the shim had it.
+            tracing::info!(container = %id, "removing a container its monitor kept but no record names");
+            if let Err(e) = self.plugins().isolation.delete(id).await {
+                tracing::warn!(container = %id, "cannot remove an orphaned container: {e}");
+            }
+            report.orphans += 1;
+        }
+        for c in containers {
             self.reconcile_container(c, &live, &mut report).await?;
         }
+        report.orphan_snapshots = self.remove_orphan_snapshots().await;
 
         let pods = self.list_pods()?;
         for mut pod in pods.clone() {
@@ -146,6 +162,30 @@ impl Lifecycle {
             }
         }
         Ok(())
+    }
+
+    /// Container snapshots and throwaway views no container record names: left by a kill between their
+    /// prepare and the record's commit or rollback. Image layers are committed snapshots and stay.
+    async fn remove_orphan_snapshots(&self) -> usize {
+        let snap = &self.plugins().snapshotter;
+        let Ok(all) = snap.walk().await else {
+            return 0;
+        };
+        let owned: HashSet<String> = match self.list_containers() {
+            Ok(cs) => cs.into_iter().filter_map(|c| c.runtime.snapshot).collect(),
+            Err(_) => return 0,
+        };
+        let mut removed = 0;
+        for s in all
+            .into_iter()
+            .filter(|s| s.kind != SnapshotKind::Committed && !owned.contains(&s.key))
+        {
+            match snap.remove(&s.key).await {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(key = %s.key, "cannot remove an orphaned snapshot: {e}"),
+            }
+        }
+        removed
     }
 
     /// Pod cgroups under berth's default parent that no pod record owns: leftovers of a crash.

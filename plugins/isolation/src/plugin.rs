@@ -230,6 +230,17 @@ impl LinuxIsolation {
         }
     }
 
+    /// Removes a container's directory when no shim serves it. Only files and empty directories: the rootfs
+    /// mount point never held a mount in the host's namespace.
+    fn remove_leftovers(&self, id: &str) {
+        let dir = self.container_dir(id);
+        for f in ["state.json", "exit.json", "state.tmp", "exit.tmp"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        let _ = std::fs::remove_dir(dir.join("rootfs"));
+        let _ = std::fs::remove_dir(&dir);
+    }
+
     /// Reads the state a dead shim left behind for `id`.
     fn state_from_files(&self, id: &str) -> Option<ContainerState> {
         let dir = self.container_dir(id);
@@ -379,6 +390,7 @@ impl Isolation for LinuxIsolation {
                 .map_err(|e| PluginError::io(format!("creating {}", rootfs_dir.display()), e))?;
         }
         self.ensure_shim(&container.pod_id).await?;
+        berth_core::failpoint::hit("isolation.create.before_shim").await;
         self.pods
             .lock()
             .map_err(internal)?
@@ -396,6 +408,7 @@ impl Isolation for LinuxIsolation {
             Err(e) => Err(e),
         };
         if result.is_err() {
+            // Only empty directories: a shim that answered late may hold the container and its state.
             self.pods.lock().map_err(internal)?.remove(id);
             let _ = std::fs::remove_dir(dir.join("rootfs"));
             let _ = std::fs::remove_dir(&dir);
@@ -568,7 +581,12 @@ impl Isolation for LinuxIsolation {
     async fn delete(&self, id: &str) -> PluginResult<()> {
         let pod = match self.pod_of(id) {
             Ok(p) => p,
-            Err(PluginError::NotFound(_)) => return Ok(()),
+            Err(PluginError::NotFound(_)) => {
+                // No shim ever recorded it: a create killed before its request reached the shim leaves the
+                // directory it made for it.
+                self.remove_leftovers(id);
+                return Ok(());
+            }
             Err(e) => return Err(e),
         };
         match self
@@ -577,15 +595,8 @@ impl Isolation for LinuxIsolation {
         {
             Ok((Reply::Ok, _)) => {}
             Ok((other, _)) => return Err(unexpected(other)),
-            Err(PluginError::FailedPrecondition(_)) => {
-                // The shim is gone: clean what it left.
-                let dir = self.container_dir(id);
-                for f in ["state.json", "exit.json"] {
-                    let _ = std::fs::remove_file(dir.join(f));
-                }
-                let _ = std::fs::remove_dir(dir.join("rootfs"));
-                let _ = std::fs::remove_dir(&dir);
-            }
+            // The shim is gone: clean what it left.
+            Err(PluginError::FailedPrecondition(_)) => self.remove_leftovers(id),
             Err(e) => return Err(e),
         }
         self.pods.lock().map_err(internal)?.remove(id);

@@ -284,8 +284,14 @@ impl Shim {
                 self.handle_signals();
             }
             let served = !ready_conns.is_empty();
-            for i in ready_conns.into_iter().rev() {
-                let conn = self.pending_conns.swap_remove(i);
+            // In the order they were accepted: a restarted berthd's List or Delete must see the outcome of the
+            // Create its killed predecessor sent first.
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_conns)
+                .into_iter()
+                .enumerate()
+                .partition(|(i, _)| ready_conns.contains(i));
+            self.pending_conns = waiting.into_iter().map(|(_, c)| c).collect();
+            for (_, conn) in ready {
                 self.serve(conn);
             }
             if served {
