@@ -317,6 +317,13 @@ impl Lifecycle {
             }
         }
         let _guard = self.inner.locks.lock(&pod.id).await;
+        // NotReady before the first teardown step: a daemon killed half-way must not leave a Ready pod whose
+        // namespaces are gone (new containers would fail to join them). Each step below is idempotent, so
+        // kubelet's retried StopPodSandbox finishes the job.
+        if pod.state != PodState::NotReady {
+            pod.state = PodState::NotReady;
+            self.save_pod(&pod).await?;
+        }
         let plugins = self.plugins();
         if let Some(net) = &pod.runtime.network
             && !net.netns_path.as_os_str().is_empty()
@@ -324,10 +331,6 @@ impl Lifecycle {
             plugins.network.teardown(net).await?;
         }
         plugins.isolation.unpin_namespaces(&pod.id).await?;
-        if pod.state != PodState::NotReady {
-            pod.state = PodState::NotReady;
-            self.save_pod(&pod).await?;
-        }
         tracing::info!(pod = %pod.id, "pod sandbox stopped");
         Ok(())
     }
