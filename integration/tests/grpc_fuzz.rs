@@ -749,14 +749,7 @@ async fn hostile_grpc_requests_get_statuses_and_berthd_survives() {
         .expect("Version answers after the fuzz");
 
     // Everything the fuzz made goes, through the ordinary RPCs.
-    for p in cri::pods(&mut rt).await {
-        rt.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await
-        .expect("StopPodSandbox");
-        cri::remove_pod(&mut rt, &p.id).await;
-    }
+    cri::remove_all_pods(&mut rt).await;
     assert!(
         cri::containers(&mut rt).await.is_empty(),
         "containers left after removing every pod"
