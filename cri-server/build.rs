@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .generate_default_stubs(false)
+        // Undecodable requests answer InvalidArgument, not tonic_prost's Internal (see src/codec.rs).
+        .codec_path("crate::codec::CriCodec")
         .compile_fds(fds)?;
     Ok(())
 }

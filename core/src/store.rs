@@ -5,7 +5,7 @@
 //! through `spawn_blocking` where latency matters.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
@@ -77,6 +77,16 @@ pub enum StoreError {
         found: String,
         expected: u32,
     },
+    #[error("the metadata store {path} met an I/O error (is its disk full?) and cannot be reopened yet: {source}")]
+    Reopen {
+        path: PathBuf,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error(
+        "metadata store: a transaction met an earlier I/O error; the store was reopened, the request may be retried"
+    )]
+    Interrupted,
     #[error("metadata store: {0}")]
     Db(#[from] Box<redb::Error>),
     #[error("metadata store record {table:?}/{key} is not valid: {source}")]
@@ -106,13 +116,36 @@ db_err!(
     redb::CommitError
 );
 
+impl StoreError {
+    /// redb's answer while an earlier I/O error is latched.
+    fn is_previous_io(&self) -> bool {
+        matches!(self, StoreError::Db(e) if matches!(**e, redb::Error::PreviousIo))
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     path: PathBuf,
+    /// The open database. After an I/O error (ENOSPC, EIO) redb latches: every later transaction fails with
+    /// `PreviousIo` until the database is closed and opened again, which repairs the file from its last
+    /// commit. So the store reopens it itself (see [`Store::with_db`]) instead of failing until berthd
+    /// restarts. Calls hold the read lock for their whole transaction, so a reopen (write lock) waits for
+    /// them: redb locks the file, and a second open in this process would be refused while the first lives.
+    /// `None` after a reopen failed (the disk still full): the next call tries again.
+    slot: RwLock<Slot>,
+}
+
+struct Slot {
+    db: Option<Database>,
+    /// Counts reopens, so that calls that met the same failure reopen once, not once each.
+    generation: u64,
 }
 
 impl Store {
@@ -124,20 +157,22 @@ impl Store {
                 source,
             })?;
         }
-        let db = Database::create(path).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
+        let db = open_db(path)?;
         let store = Store {
-            db: Arc::new(db),
-            path: path.to_path_buf(),
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                slot: RwLock::new(Slot {
+                    db: Some(db),
+                    generation: 0,
+                }),
+            }),
         };
         store.init_schema()?;
         Ok(store)
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     fn init_schema(&self) -> StoreResult<()> {
@@ -145,7 +180,7 @@ impl Store {
         match found {
             Some(v) if v == SCHEMA_VERSION.to_string() => Ok(()),
             Some(v) => Err(StoreError::Schema {
-                path: self.path.clone(),
+                path: self.inner.path.clone(),
                 found: v,
                 expected: SCHEMA_VERSION,
             }),
@@ -159,33 +194,80 @@ impl Store {
         }
     }
 
-    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> StoreResult<Option<T>> {
-        let rtx = self.db.begin_read()?;
-        let t = match rtx.open_table(table.definition()) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        match t.get(key)? {
-            None => Ok(None),
-            Some(v) => decode(table, key, v.value()).map(Some),
+    /// Runs `op` on the database. When redb answers `PreviousIo` (an earlier I/O error latched it), the
+    /// database is closed and reopened and `op` runs once more; a reopen that fails is a clear error, and
+    /// the next call tries again. `op` must not call the store itself (a pending reopen would deadlock).
+    fn with_db<R>(&self, mut op: impl FnMut(&Database) -> StoreResult<R>) -> StoreResult<R> {
+        let mut retried = false;
+        loop {
+            let seen = {
+                let slot = self.inner.slot.read().unwrap_or_else(PoisonError::into_inner);
+                match &slot.db {
+                    Some(db) => match op(db) {
+                        Err(e) if !retried && e.is_previous_io() => slot.generation,
+                        r => return r,
+                    },
+                    None => slot.generation,
+                }
+            };
+            retried = true;
+            self.reopen(seen)?;
         }
+    }
+
+    /// Closes and reopens the database, unless another call did since `seen`.
+    fn reopen(&self, seen: u64) -> StoreResult<()> {
+        let mut slot = self.inner.slot.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.generation != seen && slot.db.is_some() {
+            return Ok(());
+        }
+        slot.generation += 1;
+        let path = &self.inner.path;
+        tracing::warn!(path = %path.display(), "metadata store: reopening after an I/O error");
+        if let Some(db) = slot.db.take()
+            && let Err(e) = db.close()
+        {
+            // Its file is what the reopen repairs; a close that cannot write its clean flag changes nothing.
+            tracing::debug!(error = %e, "metadata store: close after an I/O error");
+        }
+        slot.db = Some(open_db(path).map_err(|e| StoreError::Reopen {
+            path: path.clone(),
+            source: Box::new(e),
+        })?);
+        Ok(())
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> StoreResult<Option<T>> {
+        self.with_db(|db| {
+            let rtx = db.begin_read()?;
+            let t = match rtx.open_table(table.definition()) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            match t.get(key)? {
+                None => Ok(None),
+                Some(v) => decode(table, key, v.value()).map(Some),
+            }
+        })
     }
 
     /// Every record of a table, in key order.
     pub fn list<T: DeserializeOwned>(&self, table: Table) -> StoreResult<Vec<(String, T)>> {
-        let rtx = self.db.begin_read()?;
-        let t = match rtx.open_table(table.definition()) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for entry in t.iter()? {
-            let (k, v) = entry?;
-            out.push((k.value().to_string(), decode(table, k.value(), v.value())?));
-        }
-        Ok(out)
+        self.with_db(|db| {
+            let rtx = db.begin_read()?;
+            let t = match rtx.open_table(table.definition()) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                out.push((k.value().to_string(), decode(table, k.value(), v.value())?));
+            }
+            Ok(out)
+        })
     }
 
     pub fn put<T: Serialize + ?Sized>(&self, table: Table, key: &str, value: &T) -> StoreResult<()> {
@@ -198,15 +280,32 @@ impl Store {
     }
 
     /// Runs `f` in one write transaction: all of its changes commit together, or none if it fails.
+    ///
+    /// `f` runs at most once: a `PreviousIo` met when the transaction begins is retried after the reopen
+    /// (the usual case: the write after the one that hit ENOSPC); one met after `f` ran reopens the store
+    /// and answers [`StoreError::Interrupted`]. `f` must not call the store (see [`Store::with_db`]).
     pub fn write<R>(&self, f: impl FnOnce(&mut WriteTxn<'_>) -> StoreResult<R>) -> StoreResult<R> {
-        let tx = self.db.begin_write()?;
-        let r = {
-            let mut w = WriteTxn { tx: &tx };
-            f(&mut w)?
-        };
-        tx.commit()?;
-        Ok(r)
+        let mut f = Some(f);
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            let Some(f) = f.take() else {
+                return Err(StoreError::Interrupted);
+            };
+            let r = {
+                let mut w = WriteTxn { tx: &tx };
+                f(&mut w)?
+            };
+            tx.commit()?;
+            Ok(r)
+        })
     }
+}
+
+fn open_db(path: &Path) -> StoreResult<Database> {
+    Database::create(path).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
 }
 
 /// The view of one write transaction.
@@ -389,6 +488,84 @@ mod tests {
         // Exactly the records of the committed transactions, each whole.
         assert_eq!(records.len() as u64, last + 1);
         assert!(records.iter().all(|(_, v)| v.len() == 64 * 1024));
+    }
+
+    /// A tmpfs of `size` on a fresh temp dir, lazily unmounted on drop (also when the test fails).
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Tmpfs {
+            let dir = tempfile::Builder::new().prefix("berth-store-enospc").tempdir().unwrap();
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "berth-store-enospc"])
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            Tmpfs(dir)
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+        }
+    }
+
+    /// Writes a file in `dir` until the file system is full.
+    fn fill(dir: &Path) -> PathBuf {
+        use std::io::Write;
+        let path = dir.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        for chunk in [1 << 20, 4096, 1] {
+            let bytes = vec![0xa5u8; chunk];
+            while f.write_all(&bytes).is_ok() {}
+        }
+        path
+    }
+
+    /// A commit that hits ENOSPC fails with the kernel's error, and once space is back the same handle
+    /// works again (redb latches the I/O error; the store reopens the database) with every earlier commit.
+    #[test]
+    fn works_again_once_a_full_disk_has_space() {
+        let fs = Tmpfs::mount("4m");
+        let store = Store::open(&fs.0.path().join("meta.redb")).unwrap();
+        store.put(Table::Pods, "before", "kept").unwrap();
+        let filler = fill(fs.0.path());
+
+        let value = vec![7u8; 16 * 1024];
+        let mut committed = 0;
+        let err = loop {
+            match store.put(Table::Containers, &format!("k{committed:05}"), &value) {
+                Ok(()) => committed += 1,
+                Err(e) => break e,
+            }
+            assert!(committed < 10_000, "the store never met the full disk");
+        };
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        // Still full: whatever the answer (an error, or a commit into pages the failed one had claimed), no
+        // panic.
+        if store.put(Table::Containers, "while-full", &value).is_ok() {
+            committed += 1;
+        }
+
+        std::fs::remove_file(filler).unwrap();
+        store.put(Table::Pods, "after", "written").unwrap();
+        assert_eq!(
+            store.get::<String>(Table::Pods, "after").unwrap().as_deref(),
+            Some("written")
+        );
+        assert_eq!(
+            store.get::<String>(Table::Pods, "before").unwrap().as_deref(),
+            Some("kept")
+        );
+        assert_eq!(store.list::<Vec<u8>>(Table::Containers).unwrap().len(), committed);
+        drop(store);
+        let again = Store::open(&fs.0.path().join("meta.redb")).unwrap();
+        assert_eq!(
+            again.get::<String>(Table::Pods, "after").unwrap().as_deref(),
+            Some("written")
+        );
     }
 
     fn nix_kill(pid: u32) {

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod builtin;
 pub mod check;
+pub mod codec;
 pub mod container_create;
 pub mod container_events;
 pub mod container_lifecycle;

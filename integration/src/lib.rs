@@ -416,7 +416,7 @@ pub mod cri {
         ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
         LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
         PodSandbox, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-        StartContainerRequest,
+        StartContainerRequest, StopPodSandboxRequest,
     };
     use tonic::Status;
     use tonic::transport::Channel;
@@ -487,6 +487,17 @@ pub mod cri {
             pod_sandbox_id: id.into(),
         };
         rt.remove_pod_sandbox(req).await.expect("RemovePodSandbox");
+    }
+
+    /// Stops and removes every pod.
+    pub async fn remove_all_pods(rt: &mut Runtime) {
+        for p in pods(rt).await {
+            let req = StopPodSandboxRequest {
+                pod_sandbox_id: p.id.clone(),
+            };
+            rt.stop_pod_sandbox(req).await.expect("StopPodSandbox");
+            remove_pod(rt, &p.id).await;
+        }
     }
 
     /// ExecSync of `sh -c script`.

@@ -749,14 +749,7 @@ async fn hostile_grpc_requests_get_statuses_and_berthd_survives() {
         .expect("Version answers after the fuzz");
 
     // Everything the fuzz made goes, through the ordinary RPCs.
-    for p in cri::pods(&mut rt).await {
-        rt.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await
-        .expect("StopPodSandbox");
-        cri::remove_pod(&mut rt, &p.id).await;
-    }
+    cri::remove_all_pods(&mut rt).await;
     assert!(
         cri::containers(&mut rt).await.is_empty(),
         "containers left after removing every pod"
@@ -764,4 +757,64 @@ async fn hostile_grpc_requests_get_statuses_and_berthd_survives() {
     let log = b.log_text();
     assert!(!log.contains("panicked"), "berthd panicked:\n{log}");
     b.assert_no_leaks();
+}
+
+/// Bytes that are not the method's request message answer InvalidArgument (tonic's own codec says Internal),
+/// for unary and server-streaming methods of both services, each with a message naming the expected type;
+/// valid requests on the same connection keep working.
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_requests_get_invalid_argument() {
+    let b = Berthd::start(BerthdOptions::default()).unwrap();
+    let ch = b.channel().await.unwrap();
+    // A field whose length runs past the end, an invalid wire type, a varint that never ends.
+    let garbage: [&[u8]; 3] = [&[0x0a, 0x05, 0x01], &[0x0f], &[0xff; 11]];
+    let methods = [
+        ("/runtime.v1.RuntimeService/Version", false, "VersionRequest"),
+        (
+            "/runtime.v1.RuntimeService/RunPodSandbox",
+            false,
+            "RunPodSandboxRequest",
+        ),
+        (
+            "/runtime.v1.RuntimeService/CreateContainer",
+            false,
+            "CreateContainerRequest",
+        ),
+        (
+            "/runtime.v1.RuntimeService/ListContainers",
+            false,
+            "ListContainersRequest",
+        ),
+        (
+            "/runtime.v1.RuntimeService/GetContainerEvents",
+            true,
+            "GetEventsRequest",
+        ),
+        ("/runtime.v1.ImageService/PullImage", false, "PullImageRequest"),
+        ("/runtime.v1.ImageService/ImageFsInfo", false, "ImageFsInfoRequest"),
+        ("/runtime.v1.ImageService/StreamImages", true, "StreamImagesRequest"),
+    ];
+    for (path, streaming, message) in methods {
+        for bytes in garbage {
+            let s = call(&ch, path, streaming, bytes.to_vec())
+                .await
+                .expect_err("garbage must not be accepted");
+            assert!(!dropped(&s), "{path}: the connection broke ({s:?})");
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{path} {bytes:?}: {s:?}");
+            assert!(
+                s.message().contains(&format!("not a valid runtime.v1.{message}")),
+                "{path}: {}",
+                s.message()
+            );
+        }
+    }
+
+    let mut rt = cri::Runtime::new(ch.clone());
+    let v = rt.version(VersionRequest::default()).await.unwrap().into_inner();
+    assert_eq!(v.runtime_name, "berth");
+    let mut images = b.images().await.unwrap();
+    images.image_fs_info(ImageFsInfoRequest {}).await.unwrap();
+    call(&ch, "/runtime.v1.RuntimeService/Status", false, Vec::new())
+        .await
+        .expect("an empty StatusRequest is valid");
 }
