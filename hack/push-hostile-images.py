@@ -12,18 +12,24 @@ entries aim at (it must stay untouched). Tags: REPO_PREFIX/<case>:latest. Prints
   chardev     a character device dev/mem (1:1)
   setuid      a setuid-root file bin/su
   bomb        a gzip bomb: 300 MiB of zeros in about 300 KiB
+  sparse      a 10 GiB sparse file holding three 4 KiB blocks, a GNU sparse entry (type S)
+  sparse-pax  the same file as a PAX sparse file (GNU tar's format 1.0)
   liar        a manifest announcing a layer smaller than it is
   bigenv      a config with a 1 MiB environment variable
   thousand    1000 layers
-Built with Python's tarfile, gzip and urllib only (no registry client to trust).
+Built with Python's tarfile, gzip and urllib only (no registry client to trust), and GNU tar for the
+sparse files (tarfile cannot write them).
 """
 
 import gzip
 import hashlib
 import io
 import json
+import os
+import subprocess
 import sys
 import tarfile
+import tempfile
 import urllib.request
 
 ADDR, PREFIX, CANARY = sys.argv[1], sys.argv[2].strip("/"), sys.argv[3].rstrip("/")
@@ -126,6 +132,23 @@ def bomb_layer(zero_bytes):
     return out.getvalue(), h
 
 
+def sparse_layer(fmt):
+    """GNU tar --sparse (fmt: its format options) of `sparse`, 10 GiB long, written at 0, 5 GiB and its end."""
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "sparse"), "wb") as f:
+            for at, text in ((0, b"HEAD"), (5 << 30, b"MIDL"), ((10 << 30) - 4096, b"TAIL")):
+                f.seek(at)
+                f.write(text * 1024)
+        tar = subprocess.run(
+            ["tar", "--sparse", *fmt, "--numeric-owner", "--owner=0", "--group=0", "--mtime=@1700000000"]
+            + ["-C", d, "-cf", "-", "sparse"],
+            check=True,
+            capture_output=True,
+        ).stdout
+    assert len(tar) < 1 << 20, "GNU tar did not find the holes"
+    return tar
+
+
 canary_rel = CANARY.lstrip("/")
 push_image("dotdot", [BASE, tar_of([file("../../../../../../../../" + canary_rel + "/pwned", b"x")])])
 push_image("absolute", [BASE, tar_of([file(CANARY + "/pwned", b"x")])])
@@ -164,6 +187,8 @@ manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": 
 request("PUT", f"http://{ADDR}/v2/{repo}/manifests/latest", manifest, {"Content-Type": OCI_MANIFEST})
 print(f"{ADDR}/{repo}:latest")
 
+push_image("sparse", [BASE, sparse_layer(["--format=gnu"])])
+push_image("sparse-pax", [BASE, sparse_layer(["--format=posix", "--sparse-version=1.0"])])
 push_image("liar", [BASE, tar_of([file("data", bytes(range(256)) * 64)])], lie=True)
 push_image("bigenv", [BASE], env=["PATH=/bin", "BIG=" + "x" * (1 << 20)])
 push_image("thousand", [BASE] + [tar_of([file(f"l{i:04}", str(i).encode())]) for i in range(999)])

@@ -78,7 +78,8 @@ pub struct RegistryConfig {
 pub struct ImagesConfig {
     /// Layers downloaded at once per pull.
     pub max_concurrent_downloads: usize,
-    /// Most bytes one layer may unpack to (decompression-bomb bound).
+    /// Most bytes one layer may unpack to (decompression-bomb bound); a sparse file counts at its real size,
+    /// holes included, though its holes are not written.
     pub max_layer_bytes: u64,
 }
 

@@ -2,9 +2,12 @@
 //! each either works safely or fails with a clear error; a canary tree outside berth's root is never
 //! written, /etc/shadow is not linked, and the disk use stays bounded (a 256 MiB unpack limit). The images
 //! are built and pushed by `hack/push-hostile-images.py` (they aim at this test's canary directory).
+//!
+//! The 10 GiB sparse files (GNU and PAX encodings) are refused under that limit, which counts their real
+//! size; under the default limit (64 GiB) they unpack with their holes, a few blocks on disk.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -60,7 +63,7 @@ fn hostile_images_through_pull_image_work_safely_or_fail_clearly() {
     })
     .unwrap();
     // (case, Ok(()) = the pull works, Err(text) = it fails with an error containing text)
-    let cases: [(&str, Result<(), &str>); 10] = [
+    let cases: [(&str, Result<(), &str>); 12] = [
         ("dotdot", Err("a path with a `..` component is refused")),
         ("absolute", Err("an absolute path is refused")),
         ("symlink", Err("goes through the symlink")),
@@ -70,6 +73,9 @@ fn hostile_images_through_pull_image_work_safely_or_fail_clearly() {
         // setuid bits stay inside the layer directory; whether they work is the container's matter.
         ("setuid", Ok(())),
         ("bomb", Err("more than the limit of 268435456 bytes")),
+        // Their 10 GiB real size counts, not the 12 KiB of data blocks.
+        ("sparse", Err("more than the limit of 268435456 bytes")),
+        ("sparse-pax", Err("more than the limit of 268435456 bytes")),
         ("liar", Err("bytes, got")),
         ("bigenv", Ok(())),
         ("thousand", Ok(())),
@@ -87,7 +93,16 @@ fn hostile_images_through_pull_image_work_safely_or_fail_clearly() {
         }
     }
     let images = String::from_utf8_lossy(&b.crictl(&["images"]).stdout).to_string();
-    for case in ["dotdot", "absolute", "symlink", "hardlink", "bomb", "liar"] {
+    for case in [
+        "dotdot",
+        "absolute",
+        "symlink",
+        "hardlink",
+        "bomb",
+        "sparse",
+        "sparse-pax",
+        "liar",
+    ] {
         assert!(
             !images.contains(&format!("{prefix}/{case}")),
             "{case} was recorded: {images}"
@@ -134,5 +149,65 @@ fn hostile_images_through_pull_image_work_safely_or_fail_clearly() {
     assert!(
         bytes < 64 << 20,
         "berth's root holds {bytes} bytes after the hostile pulls"
+    );
+    drop(b);
+
+    sparse_files_keep_their_holes(prefix);
+    assert_eq!(std::fs::read_dir(canary.path()).unwrap().count(), 1);
+}
+
+/// The files named `name` below `dir`.
+fn find_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if md.is_dir() {
+            find_named(&e.path(), name, out);
+        } else if e.file_name() == name {
+            out.push(e.path());
+        }
+    }
+}
+
+/// Under the default unpack limit both 10 GiB sparse files are pulled; each is a 10 GiB file holding its
+/// three 4 KiB blocks where they were, in a few allocated blocks (`st_blocks`, not the apparent size).
+fn sparse_files_keep_their_holes(prefix: &str) {
+    let b = Berthd::start(BerthdOptions::default()).unwrap();
+    for case in ["sparse", "sparse-pax"] {
+        let out = b.crictl(&["pull", &format!("{ADDR}/{prefix}/{case}:latest")]);
+        assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut files = Vec::new();
+    find_named(&b.root(), "sparse", &mut files);
+    assert_eq!(files.len(), 2, "one unpacked file per layer: {files:?}");
+    for path in files {
+        let f = std::fs::File::open(&path).unwrap();
+        let md = f.metadata().unwrap();
+        assert_eq!(md.len(), 10 << 30, "{}", path.display());
+        assert!(
+            md.blocks() * 512 < 1 << 20,
+            "{}: {} bytes allocated",
+            path.display(),
+            md.blocks() * 512
+        );
+        let mut block = vec![0u8; 4096];
+        for (at, text) in [(0, b"HEAD"), (5 << 30, b"MIDL"), ((10 << 30) - 4096, b"TAIL")] {
+            f.read_exact_at(&mut block, at).unwrap();
+            assert_eq!(block, text.repeat(1024), "{} at {at}", path.display());
+        }
+        f.read_exact_at(&mut block, 3 << 30).unwrap();
+        assert!(
+            block.iter().all(|b| *b == 0),
+            "{}: a hole reads as zeros",
+            path.display()
+        );
+    }
+    let (mut bytes, mut devices) = (0, Vec::new());
+    scan(&b.root(), &mut Default::default(), &mut bytes, &mut devices);
+    assert!(
+        bytes < 64 << 20,
+        "berth's root holds {bytes} bytes after the sparse pulls"
     );
 }

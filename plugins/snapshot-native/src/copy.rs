@@ -1,8 +1,10 @@
-//! A faithful directory copy: modes, owners, xattrs, times, symlinks, hard links, special files.
-//! Both sides are the snapshotter's own directories, so plain paths are safe; symlinks are never followed.
+//! A faithful directory copy: modes, owners, xattrs, times, symlinks, hard links, special files, and the
+//! holes of sparse files. Both sides are the snapshotter's own directories, so plain paths are safe;
+//! symlinks are never followed.
 
 use std::collections::HashMap;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Seek};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -38,7 +40,7 @@ fn copy_dir_content(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), Path
             links.insert((md.dev(), md.ino()), to.clone());
         }
         if ft.is_file() {
-            std::fs::copy(&from, &to)?;
+            copy_file(&from, &to)?;
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
         } else {
@@ -49,6 +51,31 @@ fn copy_dir_content(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), Path
         copy_meta(&from, &to, &md)?;
     }
     Ok(())
+}
+
+/// Copies a regular file's data ranges only (`SEEK_DATA`/`SEEK_HOLE`), so a layer's sparse file (10 GiB of
+/// holes, say) costs its data blocks in every copy, not its size: `std::fs::copy` goes through
+/// `copy_file_range`, which writes holes out as zeros. A file system without hole support reports the
+/// whole file as data.
+fn copy_file(from: &Path, to: &Path) -> io::Result<()> {
+    let src = File::open(from)?;
+    let dst = File::create_new(to)?;
+    let len = src.metadata()?.len();
+    let mut pos = 0;
+    while pos < len {
+        let data = match rfs::seek(&src, rfs::SeekFrom::Data(pos)) {
+            Ok(data) => data,
+            // No data after `pos`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rfs::seek(&src, rfs::SeekFrom::Hole(data))?;
+        (&src).seek(io::SeekFrom::Start(data))?;
+        (&dst).seek(io::SeekFrom::Start(data))?;
+        io::copy(&mut (&src).take(hole - data), &mut &dst)?;
+        pos = hole;
+    }
+    dst.set_len(len)
 }
 
 fn copy_meta(from: &Path, to: &Path, md: &std::fs::Metadata) -> io::Result<()> {
@@ -92,4 +119,39 @@ fn copy_xattrs(from: &Path, to: &Path, symlink: bool) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    #[test]
+    fn a_sparse_file_is_copied_with_its_holes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        let f = File::create(src.join("big")).unwrap();
+        f.set_len(1 << 30).unwrap();
+        let blocks = [(4096, b"HEAD"), (512 << 20, b"MIDL")];
+        for (at, text) in blocks {
+            f.write_all_at(&text.repeat(1024), at).unwrap();
+        }
+        std::fs::write(src.join("small"), b"dense").unwrap();
+        copy_tree(&src, &dst).unwrap();
+        let copy = File::open(dst.join("big")).unwrap();
+        let md = copy.metadata().unwrap();
+        assert_eq!(md.len(), 1 << 30);
+        assert!(md.blocks() * 512 < 1 << 20, "{} bytes allocated", md.blocks() * 512);
+        let mut block = vec![0u8; 4096];
+        for (at, text) in blocks {
+            copy.read_exact_at(&mut block, at).unwrap();
+            assert_eq!(block, text.repeat(1024), "at {at}");
+        }
+        copy.read_exact_at(&mut block, 0).unwrap();
+        assert!(block.iter().all(|b| *b == 0), "a hole reads as zeros");
+        assert_eq!(std::fs::read(dst.join("small")).unwrap(), b"dense");
+    }
 }

@@ -8,6 +8,7 @@
 //! [`store`] (numbered snapshot directories, atomic create and remove) and [`unpack`] (the safe tar
 //! unpacker) are shared with the native snapshotter.
 
+pub mod sparse;
 pub mod store;
 pub mod unpack;
 

@@ -7,7 +7,8 @@
 //! - a hard link must name a file inside the layer by a clean path, and is made with `linkat` (no follow);
 //! - an existing name is unlinked before it is replaced, so writing never goes through an old link;
 //! - device nodes are neutralised (skipped with a warning): a container gets its `/dev` elsewhere;
-//! - the bytes written and the entry count are bounded ([`UnpackLimits`]), against decompression bombs.
+//! - the bytes written and the entry count are bounded ([`UnpackLimits`]), against decompression bombs;
+//! - sparse files (GNU and PAX encodings) keep their holes ([`crate::sparse`]); their real size counts.
 //!
 //! OCI whiteouts are turned into overlay whiteouts ([`Whiteouts::Overlay`]: `.wh.name` → a 0:0 character
 //! device, `.wh..wh..opq` → `trusted.overlay.opaque=y`) or applied by deleting the lower content from a
@@ -24,6 +25,8 @@ use berth_core::plugin::PluginError;
 use berth_core::plugin::snapshot::{UnpackLimits, Usage};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags};
 use rustix::io::Errno;
+
+use crate::sparse::{PaxSparse, SparseError, copy_with_holes};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -62,6 +65,12 @@ pub enum UnpackError {
     TooManyBytes { entry: String, limit: u64 },
     #[error("layer has more than the limit of {limit} entries")]
     TooManyEntries { limit: u64 },
+    #[error("layer entry {entry:?}: sparse file: {source}")]
+    Sparse {
+        entry: String,
+        #[source]
+        source: SparseError,
+    },
     #[error("layer entry {entry:?}: {op}: {source}")]
     Io {
         entry: String,
@@ -76,7 +85,11 @@ pub enum UnpackError {
 impl UnpackError {
     /// True when the layer itself is at fault (refused content), false for I/O trouble.
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, UnpackError::Io { .. } | UnpackError::Read(_))
+        match self {
+            UnpackError::Io { .. } | UnpackError::Read(_) => false,
+            UnpackError::Sparse { source, .. } => source.is_refusal(),
+            _ => true,
+        }
     }
 }
 
@@ -84,8 +97,8 @@ impl From<UnpackError> for PluginError {
     fn from(e: UnpackError) -> Self {
         match e {
             UnpackError::Read(source) => PluginError::io("reading the layer stream", source),
-            UnpackError::Io { .. } => PluginError::Internal(e.to_string()),
-            refused => PluginError::InvalidArgument(refused.to_string()),
+            refused if refused.is_refusal() => PluginError::InvalidArgument(refused.to_string()),
+            io => PluginError::Internal(io.to_string()),
         }
     }
 }
@@ -255,7 +268,21 @@ impl Unpacker {
                 limit: self.limits.max_entries,
             });
         }
-        let raw = e.path().map_err(UnpackError::Read)?.into_owned();
+        let kind = e.header().entry_type();
+        let pax = pax_records(&mut e)?;
+        let sparse = match kind.is_file() {
+            true => PaxSparse::from_records(&pax).map_err(|source| UnpackError::Sparse {
+                entry: e.path_bytes().escape_ascii().to_string(),
+                source,
+            })?,
+            false => None,
+        };
+        // A PAX sparse file's header names a `GNUSparseFile.<pid>/` path; its real one is a record (checked
+        // below like any other path).
+        let raw = match sparse.as_ref().and_then(|s| s.name.clone()) {
+            Some(name) => name,
+            None => e.path().map_err(UnpackError::Read)?.into_owned(),
+        };
         let entry = raw.display().to_string();
         let rel = clean(&raw, &entry)?;
         let Some((name, parent)) = rel.split_last() else {
@@ -266,12 +293,15 @@ impl Unpacker {
         if name_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
             return self.whiteout(parent, name, &entry);
         }
-        let kind = e.header().entry_type();
         if kind.is_character_special() || kind.is_block_special() {
             tracing::warn!(entry = %entry, "device node in a layer skipped");
             return Ok(());
         }
-        let size = e.header().size().map_err(UnpackError::Read)?;
+        // The real size of a sparse file (the tar crate's `size` of a GNU one), holes included.
+        let size = match &sparse {
+            Some(s) => s.real_size,
+            None => e.header().size().map_err(UnpackError::Read)?,
+        };
         if self.bytes.saturating_add(size) > self.limits.max_bytes {
             return Err(UnpackError::TooManyBytes {
                 entry,
@@ -289,7 +319,7 @@ impl Unpacker {
         let gid = header.gid().map_err(UnpackError::Read)? as u32;
         let mtime = header.mtime().map_err(UnpackError::Read)? as i64;
         let owner = (Some(rfs::Uid::from_raw(uid)), Some(rfs::Gid::from_raw(gid)));
-        let xattrs = pax_xattrs(&mut e)?;
+        let xattrs = xattrs_of(&pax);
 
         if kind.is_file() || kind == tar::EntryType::Continuous || kind.is_gnu_sparse() {
             let fd = rfs::openat(
@@ -300,19 +330,7 @@ impl Unpacker {
             )
             .map_err(io_err(&entry, "create the file"))?;
             let mut file = std::fs::File::from(fd);
-            let room = self.limits.max_bytes - self.bytes;
-            let written = copy_bounded(&mut e, &mut file, room).map_err(|source| UnpackError::Io {
-                entry: entry.clone(),
-                op: "write the file",
-                source,
-            })?;
-            let Some(written) = written else {
-                return Err(UnpackError::TooManyBytes {
-                    entry,
-                    limit: self.limits.max_bytes,
-                });
-            };
-            self.bytes += written;
+            self.bytes += self.file_content(&mut e, &mut file, sparse.as_ref(), kind, &entry)?;
             rfs::fchown(&file, owner.0, owner.1).map_err(io_err(&entry, "chown"))?;
             rfs::fchmod(&file, mode).map_err(io_err(&entry, "chmod"))?;
             set_xattrs(&file, &xattrs, &entry)?;
@@ -355,6 +373,41 @@ impl Unpacker {
             tracing::warn!(entry = %entry, kind = ?kind, "tar entry of an unsupported type skipped");
         }
         Ok(())
+    }
+
+    /// Writes a regular entry's content into `file` (a sparse one with its holes), at most the room left
+    /// under the byte limit; returns the file's size.
+    fn file_content(
+        &self,
+        e: &mut impl Read,
+        file: &mut std::fs::File,
+        sparse: Option<&PaxSparse>,
+        kind: tar::EntryType,
+        entry: &str,
+    ) -> Result<u64> {
+        if let Some(s) = sparse {
+            // Its real size was checked against the limit, and its blocks against its real size.
+            s.write(e, file).map_err(|source| UnpackError::Sparse {
+                entry: entry.into(),
+                source,
+            })?;
+            return Ok(s.real_size);
+        }
+        let room = self.limits.max_bytes - self.bytes;
+        let copied = match kind.is_gnu_sparse() {
+            true => copy_with_holes(e, file, room),
+            false => copy_bounded(e, file, room),
+        };
+        copied
+            .map_err(|source| UnpackError::Io {
+                entry: entry.into(),
+                op: "write the file",
+                source,
+            })?
+            .ok_or_else(|| UnpackError::TooManyBytes {
+                entry: entry.into(),
+                limit: self.limits.max_bytes,
+            })
     }
 
     fn hard_link<R: Read>(
@@ -536,20 +589,26 @@ fn copy_bounded(src: &mut impl Read, dst: &mut impl Write, room: u64) -> io::Res
     Ok(if n > room { None } else { Some(n) })
 }
 
-/// `SCHILY.xattr.*` PAX records (how GNU tar, Docker and BuildKit carry extended attributes).
-fn pax_xattrs<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec<u8>)>> {
+/// The entry's PAX records, in archive order (keys that are not UTF-8 are skipped).
+fn pax_records<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     if let Some(exts) = e.pax_extensions().map_err(UnpackError::Read)? {
         for ext in exts {
             let ext = ext.map_err(UnpackError::Read)?;
-            if let Ok(key) = ext.key()
-                && let Some(name) = key.strip_prefix("SCHILY.xattr.")
-            {
-                out.push((name.to_string(), ext.value_bytes().to_vec()));
+            if let Ok(key) = ext.key() {
+                out.push((key.to_string(), ext.value_bytes().to_vec()));
             }
         }
     }
     Ok(out)
+}
+
+/// `SCHILY.xattr.*` PAX records (how GNU tar, Docker and BuildKit carry extended attributes).
+fn xattrs_of(records: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    records
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("SCHILY.xattr.")?.to_string(), v.clone())))
+        .collect()
 }
 
 fn set_xattrs(fd: &impl AsFd, xattrs: &[(String, Vec<u8>)], entry: &str) -> Result<()> {
@@ -683,6 +742,118 @@ mod tests {
         let err = unpack(tar.as_slice(), tmp.path(), Whiteouts::Overlay, limits).unwrap_err();
         assert!(matches!(err, UnpackError::TooManyBytes { .. }), "{err}");
         assert!(!tmp.path().join("b").exists());
+    }
+
+    /// Where the sparse test file holds data (4 KiB of its text repeated), in its 1 GiB.
+    const SPARSE_BLOCKS: [(u64, &[u8; 4]); 3] = [(0, b"HEAD"), (512 << 20, b"MIDL"), ((1 << 30) - 4096, b"TAIL")];
+
+    /// `d/big`, a 1 GiB file holding [`SPARSE_BLOCKS`], archived by GNU tar `--sparse` in `format` (`gnu`,
+    /// or `posix` with a sparse version); and an empty layer directory, both in `dir`.
+    fn gnu_tar_sparse(dir: &Path, format: &[&str]) -> (Vec<u8>, std::path::PathBuf) {
+        let src = dir.join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        let f = std::fs::File::create(src.join("d/big")).unwrap();
+        f.set_len(1 << 30).unwrap();
+        for (at, text) in SPARSE_BLOCKS {
+            std::os::unix::fs::FileExt::write_all_at(&f, &text.repeat(1024), at).unwrap();
+        }
+        let out = std::process::Command::new("tar")
+            .args(["--sparse", "--numeric-owner", "-C"])
+            .arg(&src)
+            .args(format)
+            .args(["-cf", "-", "d/big"])
+            .output()
+            .expect("GNU tar");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.len() < 64 << 10, "GNU tar wrote the holes");
+        let root = dir.join("layer");
+        std::fs::create_dir(&root).unwrap();
+        (out.stdout, root)
+    }
+
+    const SPARSE_FORMATS: [&[&str]; 4] = [
+        &["--format=gnu"],
+        &["--format=posix", "--sparse-version=0.0"],
+        &["--format=posix", "--sparse-version=0.1"],
+        &["--format=posix", "--sparse-version=1.0"],
+    ];
+
+    #[test]
+    fn sparse_files_keep_their_holes_in_every_gnu_tar_format() {
+        for format in SPARSE_FORMATS {
+            let tmp = tempfile::tempdir().unwrap();
+            let (tar, root) = gnu_tar_sparse(tmp.path(), format);
+            let usage = unpack(tar.as_slice(), &root, Whiteouts::Overlay, UnpackLimits::default()).unwrap();
+            assert_eq!(usage.bytes, 1 << 30, "{format:?}: the real size counts");
+            // Under its real name (no `GNUSparseFile.<pid>/` directory), the blocks where they were.
+            let names: Vec<_> = std::fs::read_dir(&root)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["d"], "{format:?}");
+            let big = std::fs::File::open(root.join("d/big")).unwrap();
+            let md = big.metadata().unwrap();
+            assert_eq!(md.len(), 1 << 30, "{format:?}");
+            assert!(
+                md.blocks() * 512 < 1 << 20,
+                "{format:?}: {} bytes allocated",
+                md.blocks() * 512
+            );
+            let mut block = vec![0u8; 4096];
+            for (at, text) in SPARSE_BLOCKS {
+                std::os::unix::fs::FileExt::read_exact_at(&big, &mut block, at).unwrap();
+                assert_eq!(block, text.repeat(1024), "{format:?} at {at}");
+            }
+            std::os::unix::fs::FileExt::read_exact_at(&big, &mut block, 256 << 20).unwrap();
+            assert!(block.iter().all(|b| *b == 0), "{format:?}: a hole reads as zeros");
+        }
+    }
+
+    #[test]
+    fn the_byte_limit_counts_a_sparse_files_real_size() {
+        for format in SPARSE_FORMATS {
+            let tmp = tempfile::tempdir().unwrap();
+            let (tar, root) = gnu_tar_sparse(tmp.path(), format);
+            let limits = UnpackLimits {
+                max_bytes: 64 << 20,
+                max_entries: 100,
+            };
+            let err = unpack(tar.as_slice(), &root, Whiteouts::Overlay, limits).unwrap_err();
+            assert!(matches!(err, UnpackError::TooManyBytes { .. }), "{format:?}: {err}");
+            assert!(!root.join("d/big").exists(), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn a_pax_sparse_name_with_dot_dot_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("layer");
+        std::fs::create_dir(&root).unwrap();
+        let tar = layer(|b| {
+            let records = [
+                ("GNU.sparse.size", b"10".as_slice()),
+                ("GNU.sparse.name", b"../escaped"),
+                ("GNU.sparse.map", b"0,1"),
+            ];
+            let mut data = Vec::new();
+            for (key, value) in records {
+                // "<length> <key>=<value>\n", the length counting itself.
+                let rest = key.len() + value.len() + 3;
+                let mut len = rest + 1;
+                while len != rest + len.to_string().len() {
+                    len = rest + len.to_string().len();
+                }
+                data.extend_from_slice(format!("{len} {key}=").as_bytes());
+                data.extend_from_slice(value);
+                data.push(b'\n');
+            }
+            let mut h = header(tar::EntryType::XHeader, data.len() as u64, 0o644);
+            b.append_data(&mut h, "PaxHeaders/x", data.as_slice()).unwrap();
+            file(b, "GNUSparseFile.1/escaped", b"x", 0o644);
+        });
+        let err = unpack(tar.as_slice(), &root, Whiteouts::Overlay, UnpackLimits::default()).unwrap_err();
+        assert!(matches!(err, UnpackError::DotDot { .. }), "{err}");
+        assert!(!tmp.path().join("escaped").exists());
     }
 
     #[test]
