@@ -12,6 +12,7 @@ mod server;
 
 use std::path::PathBuf;
 
+pub use daemon::trim_heap;
 pub use server::{container_dir, pod_dir};
 
 /// Parsed command line.
