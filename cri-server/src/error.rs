@@ -56,7 +56,18 @@ impl From<CriError> for Status {
             },
             CriError::Store(_) | CriError::Internal(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        let message = e.to_string();
+        Status::new(internal_or_out_of_space(code, &message), message)
+    }
+}
+
+/// A full disk is gRPC's ResourceExhausted ("the entire file system is out of space"), not a runtime fault:
+/// whatever layer met ENOSPC, its message carries the OS error (Rust's io::Error prints "(os error 28)").
+fn internal_or_out_of_space(code: Code, message: &str) -> Code {
+    if code == Code::Internal && message.contains(&format!("(os error {})", nix::libc::ENOSPC)) {
+        Code::ResourceExhausted
+    } else {
+        code
     }
 }
 
@@ -103,5 +114,15 @@ mod tests {
         assert_eq!(s.message(), "container abc not found");
         let s: Status = CriError::InvalidArgument("metadata.name: must not be empty".into()).into();
         assert_eq!(s.code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted() {
+        let full = std::io::Error::from_raw_os_error(nix::libc::ENOSPC);
+        let s: Status = CriError::from(PluginError::io("writing layer", full)).into();
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        let other = std::io::Error::from_raw_os_error(nix::libc::EIO);
+        let s: Status = CriError::from(PluginError::io("writing layer", other)).into();
+        assert_eq!(s.code(), Code::Internal, "{s:?}");
     }
 }

@@ -67,6 +67,22 @@ async fn berthd_works_again_once_the_disk_of_its_metadata_store_has_space() {
         .expect_err("CreateContainer on a full disk");
     eprintln!("CreateContainer on the full disk: {err:?}");
     assert!(err.message().contains("No space left on device"), "{err:?}");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    // A pull whose layers do not fit: the same code, through the image store's errors.
+    let pull = b
+        .images()
+        .await
+        .unwrap()
+        .pull_image(berth_cri::api::PullImageRequest {
+            image: Some(berth_cri::api::ImageSpec {
+                image: "gcr.io/k8s-staging-cri-tools/test-image-1:latest".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("PullImage on a full disk");
+    assert_eq!(pull.code(), tonic::Code::ResourceExhausted, "{pull:?}");
 
     // Pods until one of the store's commits needs a page the disk does not have (the first ones may fit in
     // pages the store's file already holds).
@@ -85,6 +101,7 @@ async fn berthd_works_again_once_the_disk_of_its_metadata_store_has_space() {
         status.message().contains("metadata store") && status.message().contains("No space left on device"),
         "the error should name the store and the full disk: {status:?}"
     );
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     // Still full: answers (errors or not), no panic, no dropped connection.
     let again = run_pod(&mut rt, &cri::pod("while-full", &logs)).await;
     eprintln!("while full: {again:?}");
