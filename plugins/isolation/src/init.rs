@@ -763,6 +763,7 @@ fn create_target(path: &Path, kind: Option<TargetKind>) -> Step {
 fn setup_rootfs(plan: &InitPlan) -> Step {
     let root = &plan.rootfs;
     mount_path(None, Path::new("/"), None, plan.rootfs_propagation, None)?;
+    rootfs_parent_private(root)?;
     if plan.rootfs_mounts.is_empty() {
         let r = root.to_str().ok_or("rootfs path is not UTF-8")?;
         mount_path(Some(r), root, None, libc::MS_BIND | libc::MS_REC, None)?;
@@ -817,6 +818,67 @@ struct V1Hierarchy {
     bind: Option<PathBuf>,
     /// Symlinks to `name`, one per controller of a co-mounted hierarchy (`cpu` and `cpuacct` → `cpu,cpuacct`).
     links: Vec<String>,
+}
+
+/// runc's `rootfsParentMountPrivate`: the mount holding the rootfs mount point goes private when it is shared
+/// (as `rshared` root propagation makes it). Else the rootfs and volume mounts made on it would propagate to
+/// its peers, the host's mount table among them, and pivot_root refuses a new root whose parent is shared
+/// (EINVAL).
+fn rootfs_parent_private(root: &Path) -> Step {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+    let parent = root.parent().unwrap_or(root);
+    match mount_point_of(&mountinfo, parent) {
+        Some((point, true)) => mount_path(None, &point, None, libc::MS_PRIVATE, None),
+        _ => Ok(()),
+    }
+}
+
+/// The mount point under which `path` lies (the longest one that is a prefix of it, the last mounted on a
+/// tie), and whether that mount is shared.
+fn mount_point_of(mountinfo: &str, path: &Path) -> Option<(PathBuf, bool)> {
+    let mut best: Option<(PathBuf, bool)> = None;
+    for line in mountinfo.lines() {
+        let Some((fields, _)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut f = fields.split(' ');
+        let Some(point) = f.nth(4).map(unescape_mountinfo) else {
+            continue;
+        };
+        let shared = f.skip(1).any(|o| o.starts_with("shared:"));
+        let point = PathBuf::from(point);
+        if path.starts_with(&point)
+            && best
+                .as_ref()
+                .is_none_or(|(b, _)| point.as_os_str().len() >= b.as_os_str().len())
+        {
+            best = Some((point, shared));
+        }
+    }
+    best
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(char::from(c));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// runc's cgroup v1 layout from the host's mount table: per `cgroup` (v1) mount, the container's own cgroup
@@ -1091,6 +1153,21 @@ fn infra_main() -> ! {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_rootfs_parent_is_the_longest_mount_point_above_it() {
+        let mountinfo = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+25 22 0:23 / /run rw,nosuid shared:5 - tmpfs tmpfs rw
+26 25 0:24 / /run/berth\\040x rw master:7 - tmpfs tmpfs rw
+27 22 0:25 / /runner rw shared:9 - tmpfs tmpfs rw
+";
+        let at = |p: &str| super::mount_point_of(mountinfo, std::path::Path::new(p));
+        assert_eq!(at("/run/berth x/containers/c1"), Some(("/run/berth x".into(), false)));
+        assert_eq!(at("/run/other/c1"), Some(("/run".into(), true)));
+        assert_eq!(at("/runner/c1"), Some(("/runner".into(), true)));
+        assert_eq!(at("/var/lib"), Some(("/".into(), true)));
+    }
+
     use super::*;
 
     #[test]
