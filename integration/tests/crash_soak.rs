@@ -72,6 +72,16 @@ impl Model {
     }
 }
 
+/// The log of every berthd of the run (one per restart), in the test's directory.
+fn daemon_logs(b: &Berthd) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(b.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("berthd"))
+        .map(|e| e.path())
+        .collect()
+}
+
 fn env_num(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -431,10 +441,8 @@ async fn berthd_survives_random_kills_without_leaks() {
             // The test's directory goes with it: keep the daemon logs next to the report for the diagnosis.
             let keep = std::path::PathBuf::from(format!("{path}.logs"));
             std::fs::create_dir_all(&keep).unwrap();
-            for e in std::fs::read_dir(b.dir.path()).unwrap().flatten() {
-                if e.file_name().to_string_lossy().starts_with("berthd") {
-                    let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
-                }
+            for log in daemon_logs(&b) {
+                let _ = std::fs::copy(&log, keep.join(log.file_name().unwrap()));
             }
         }
     }
@@ -445,14 +453,12 @@ async fn berthd_survives_random_kills_without_leaks() {
     );
     if !found.is_empty() {
         let mut logs = String::new();
-        for e in std::fs::read_dir(b.dir.path()).unwrap().flatten() {
-            if e.file_name().to_string_lossy().starts_with("berthd") {
-                logs += &format!(
-                    "--- {}\n{}",
-                    e.path().display(),
-                    std::fs::read_to_string(e.path()).unwrap_or_default()
-                );
-            }
+        for log in daemon_logs(&b) {
+            logs += &format!(
+                "--- {}\n{}",
+                log.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         panic!("leaks after the soak (seed {seed}):\n{}\n{logs}", found.join("\n"));
     }

@@ -46,10 +46,11 @@ impl Lifecycle {
             }
             report.orphans += 1;
         }
+        let owned: HashSet<String> = containers.iter().filter_map(|c| c.runtime.snapshot.clone()).collect();
         for c in containers {
             self.reconcile_container(c, &live, &mut report).await?;
         }
-        report.orphan_snapshots = self.remove_orphan_snapshots().await;
+        report.orphan_snapshots = self.remove_orphan_snapshots(&owned).await;
 
         let pods = self.list_pods()?;
         for mut pod in pods.clone() {
@@ -164,16 +165,13 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Container snapshots and throwaway views no container record names: left by a kill between their
-    /// prepare and the record's commit or rollback. Image layers are committed snapshots and stay.
-    async fn remove_orphan_snapshots(&self) -> usize {
+    /// Container snapshots and throwaway views no container record names (`owned` are the names the records
+    /// hold): left by a kill between their prepare and the record's commit or rollback. Image layers are
+    /// committed snapshots and stay.
+    async fn remove_orphan_snapshots(&self, owned: &HashSet<String>) -> usize {
         let snap = &self.plugins().snapshotter;
         let Ok(all) = snap.walk().await else {
             return 0;
-        };
-        let owned: HashSet<String> = match self.list_containers() {
-            Ok(cs) => cs.into_iter().filter_map(|c| c.runtime.snapshot).collect(),
-            Err(_) => return 0,
         };
         let mut removed = 0;
         for s in all
